@@ -1,0 +1,131 @@
+"""The `kubeforge` command. Usage errors print one line and exit 2; a failed run exits 1."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from kubeforge.config import ConfigError, PlatformConfig, load_platform, parse_param_assignments
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Kubernetes-native MLOps: train, compress, package and deploy models through KFP pipelines.")
+console = Console()
+errors = Console(stderr=True)
+
+USAGE_ERROR = 2
+
+ParamOption = Annotated[list[str] | None, typer.Option(
+    "--param", "-p", help="pipeline parameter as key=value (repeatable), e.g. -p epochs=10 -p hidden_sizes=[64,32]")]
+ProfileOption = Annotated[str | None, typer.Option(
+    "--profile", help="scheduling profile for the heavy step (cpu, gpu-t4, gpu-a100, ...)")]
+PlatformOption = Annotated[Path | None, typer.Option(
+    "--platform-config", help="platform file with profiles and image (default: $KUBEFORGE_PLATFORM_CONFIG or built-in)")]
+
+
+def fail(message: str, code: int = USAGE_ERROR) -> NoReturn:
+    errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def platform_or_fail(path: Path | None) -> PlatformConfig:
+    try:
+        return load_platform(path)
+    except ConfigError as exc:
+        fail(str(exc))
+
+
+def _default_pipeline(name: str | None) -> str:
+    from kubeforge_pipelines import DEFAULT_PIPELINE
+
+    return name or DEFAULT_PIPELINE
+
+
+def print_summary(summary: dict) -> None:
+    table = Table(title=f"{summary['pipeline']} · {summary['run_id']}", show_header=True)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    for name, value in summary["test"].items():
+        table.add_row(f"test {name}", f"{value:.4f}")
+    training = summary["training"]
+    table.add_row("best epoch / epochs run", f"{training['best_epoch']} / {training['epochs_run']}")
+    table.add_row("parameters", f"{training['parameters']:,}")
+    table.add_row("device", training["device"])
+    table.add_row("training samples/s", f"{training['samples_per_second']:,.0f}")
+    table.add_row("profile", summary["profile"])
+    table.add_row("wall time", f"{summary['wall_seconds']:.1f} s")
+    console.print(table)
+
+
+@app.command()
+def run(
+    pipeline: Annotated[str | None, typer.Argument(help="pipeline name (default: the default pipeline)")] = None,
+    param: ParamOption = None,
+    profile: ProfileOption = None,
+    runs_dir: Annotated[Path, typer.Option("--runs-dir", help="where run directories are created")] = Path("runs"),
+    cache: Annotated[bool, typer.Option("--cache/--no-cache", help="reuse cached step outputs")] = False,
+    platform_config: PlatformOption = None,
+) -> None:
+    """Run a pipeline locally through kfp.local into RUNS_DIR/<pipeline>-<timestamp>/ and write report.html."""
+    from kubeforge import orchestration
+
+    platform = platform_or_fail(platform_config)
+    try:
+        name = _default_pipeline(pipeline)
+        overrides = parse_param_assignments(param or [])
+        orchestration.resolve_params(overrides)
+        platform.profile(profile or platform.default_profile)
+        from kubeforge_pipelines import build_pipeline
+
+        build_pipeline(name, platform, profile)
+    except ConfigError as exc:
+        fail(str(exc))
+    try:
+        outcome = orchestration.run_local(name, overrides, platform, profile=profile, runs_dir=runs_dir,
+                                          enable_caching=cache)
+    except orchestration.PipelineRunError as exc:
+        fail(str(exc), code=1)
+    print_summary(outcome.summary)
+    console.print(f"run directory: {outcome.run_dir}\nreport: {outcome.report}")
+
+
+@app.command("compile")
+def compile_command(
+    pipeline: Annotated[str, typer.Argument(help="pipeline name")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="where to write the KFP IR YAML")],
+    profile: ProfileOption = None,
+    platform_config: PlatformOption = None,
+) -> None:
+    """Compile a pipeline to KFP IR YAML, with the heavy step placed by PROFILE."""
+    from kubeforge import orchestration
+
+    platform = platform_or_fail(platform_config)
+    try:
+        path = orchestration.compile_pipeline(pipeline, output, platform, profile)
+    except ConfigError as exc:
+        fail(str(exc))
+    console.print(f"wrote {path}")
+
+
+@app.command()
+def profiles(platform_config: PlatformOption = None) -> None:
+    """List the scheduling profiles of the platform file."""
+    platform = platform_or_fail(platform_config)
+    table = Table("profile", "GPU", "node selector", "cpu/memory request", "description")
+    for p in platform.profiles:
+        gpu = f"{p.gpu_count}× {p.gpu_resource}" if p.uses_gpu else "-"
+        selector = ", ".join(f"{k}={v}" for k, v in p.node_selector.items()) or "-"
+        marker = " (default)" if p.name == platform.default_profile else ""
+        table.add_row(p.name + marker, gpu, selector, f"{p.cpu_request} / {p.memory_request}", p.description)
+    console.print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,259 @@
+"""The one validated configuration model.
+
+Every tunable setting is defined exactly once here. The CLI's ``--param key=value``, the KFP pipeline parameters and
+(later) the Helm chart values are all derived from these models, so a default or a bound cannot drift between them.
+Each section is a step's configuration; its field names are unique across sections so they can be flattened into
+pipeline parameters without prefixes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration value was rejected; the message names the setting and the reason."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+BUNDLED_DATASETS = ("digits", "breast_cancer", "wine", "iris")
+
+
+class DataConfig(_Section):
+    """Where the data comes from and how it is split."""
+
+    dataset: str = Field("digits", description="a bundled scikit-learn set name or a CSV/Parquet path or fsspec URI")
+    label_column: str = Field("", description="label column of a CSV/Parquet source ('' for bundled sets)")
+    val_fraction: float = Field(0.15, gt=0.0, lt=0.5, description="share of rows held out for validation")
+    test_fraction: float = Field(0.2, gt=0.0, lt=0.5, description="share of rows held out for the final test")
+    split_seed: int = Field(0, ge=0, description="seed of the stratified split")
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("dataset must name a bundled set or a file")
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _file_sources_need_a_label(self) -> DataConfig:
+        if self.dataset not in BUNDLED_DATASETS and not self.label_column:
+            raise ValueError(f"label_column is required when dataset is a file ({self.dataset!r})")
+        if self.val_fraction + self.test_fraction >= 0.8:
+            raise ValueError("val_fraction + test_fraction must leave at least 20% of rows for training")
+        return self
+
+
+class ModelConfig(_Section):
+    """Which architecture to build; the config is saved next to the weights."""
+
+    model: str = Field("mlp", description="'mlp', 'cnn' or a 'package.module:Class' import path")
+    hidden_sizes: list[int] = Field(default_factory=lambda: [256, 128], description="MLP hidden layer widths")
+    channels: list[int] = Field(default_factory=lambda: [16, 32], description="CNN conv channels per block")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="dropout probability")
+
+    @field_validator("hidden_sizes", "channels")
+    @classmethod
+    def _positive_widths(cls, value: list[int]) -> list[int]:
+        if not value or any(width <= 0 for width in value):
+            raise ValueError("must be a non-empty list of positive integers")
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _known_model_form(cls, value: str) -> str:
+        if value in ("mlp", "cnn"):
+            return value
+        module, sep, attr = value.partition(":")
+        if not sep or not module or not attr:
+            raise ValueError(f"unknown model {value!r}: use 'mlp', 'cnn' or 'package.module:Class'")
+        return value
+
+
+class TrainConfig(_Section):
+    """Optimisation settings of one training run."""
+
+    epochs: int = Field(40, ge=1, le=10_000, description="maximum number of epochs")
+    learning_rate: float = Field(3e-3, gt=0.0, le=10.0, description="AdamW peak learning rate (cosine decay)")
+    batch_size: int = Field(64, ge=1, le=65_536, description="mini-batch size")
+    weight_decay: float = Field(1e-4, ge=0.0, description="AdamW weight decay")
+    patience: int = Field(8, ge=1, description="epochs without validation-loss improvement before stopping")
+    seed: int = Field(0, ge=0, description="seed of initialisation, shuffling and dropout")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' picks CUDA when present")
+    mixed_precision: bool = Field(True, description="bf16 autocast; applied on CUDA only")
+    warm_start: str = Field("", description="model directory of an earlier run to fine-tune from ('' = none)")
+
+
+class RunConfig(_Section):
+    """A whole run: the union of the step sections."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @classmethod
+    def sections(cls) -> dict[str, type[_Section]]:
+        return {name: field.annotation for name, field in cls.model_fields.items()}  # type: ignore[misc]
+
+    @classmethod
+    def flat_fields(cls) -> dict[str, tuple[str, Any]]:
+        """Map each flat parameter name to (section, pydantic FieldInfo)."""
+        flat: dict[str, tuple[str, Any]] = {}
+        for section, model in cls.sections().items():
+            for name, info in model.model_fields.items():
+                if name in flat:
+                    raise RuntimeError(f"parameter {name!r} is defined in two sections")
+                flat[name] = (section, info)
+        return flat
+
+    @classmethod
+    def from_flat(cls, values: dict[str, Any]) -> RunConfig:
+        """Build from flat ``name=value`` pairs (CLI, pipeline parameters), naming any bad key or value."""
+        fields = cls.flat_fields()
+        unknown = sorted(set(values) - set(fields))
+        if unknown:
+            raise ConfigError(f"unknown parameter {unknown[0]!r}; known: {', '.join(sorted(fields))}")
+        nested: dict[str, dict[str, Any]] = {section: {} for section in cls.sections()}
+        for name, value in values.items():
+            nested[fields[name][0]][name] = value
+        try:
+            return cls(**nested)
+        except ValidationError as exc:
+            raise ConfigError(describe_validation_error(exc)) from None
+
+    def to_flat(self) -> dict[str, Any]:
+        flat: dict[str, Any] = {}
+        for section in self.sections():
+            flat.update(getattr(self, section).model_dump())
+        return flat
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line per problem, each naming the offending setting."""
+    problems = []
+    for error in exc.errors():
+        location = ".".join(str(part) for part in error["loc"] if part != "__root__") or "config"
+        name = location.split(".")[-1] if location != "config" else location
+        problems.append(f"{name}: {error['msg']}")
+    return "; ".join(problems)
+
+
+def parse_param_assignments(assignments: list[str]) -> dict[str, Any]:
+    """Turn CLI ``key=value`` strings into values typed by the field they target.
+
+    Values are parsed as YAML scalars/lists (``epochs=5``, ``hidden_sizes=[64,32]``, ``mixed_precision=false``) and
+    then validated by the model, so a typo in a name or a type is reported with the parameter's name.
+    """
+    fields = RunConfig.flat_fields()
+    values: dict[str, Any] = {}
+    for item in assignments:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"parameter {item!r} is not of the form key=value")
+        if key not in fields:
+            raise ConfigError(f"unknown parameter {key!r}; known: {', '.join(sorted(fields))}")
+        annotation = fields[key][1].annotation
+        if annotation is str:
+            values[key] = raw
+            continue
+        try:
+            values[key] = yaml.safe_load(raw) if raw.strip() else raw
+        except yaml.YAMLError:
+            raise ConfigError(f"parameter {key!r}: cannot parse value {raw!r}") from None
+    return values
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Scheduling profiles: one definition drives the pipelines' task settings and the serving chart's values.
+
+
+class Toleration(_Section):
+    key: str
+    operator: Literal["Exists", "Equal"] = "Exists"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = "NoSchedule"
+
+
+_QUANTITY_PATTERN = r"^([0-9]+(\.[0-9]+)?)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
+
+
+class SchedulingProfile(_Section):
+    """Where and with what a GPU (or CPU) workload runs."""
+
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    description: str = ""
+    gpu_resource: str = Field("nvidia.com/gpu", description="extended resource name, e.g. a MIG resource")
+    gpu_count: int = Field(0, ge=0, description="GPUs per pod (0: CPU only)")
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+    cpu_request: str = Field("500m", pattern=_QUANTITY_PATTERN)
+    memory_request: str = Field("1Gi", pattern=_QUANTITY_PATTERN)
+    cpu_limit: str | None = Field(None, pattern=_QUANTITY_PATTERN)
+    memory_limit: str | None = Field(None, pattern=_QUANTITY_PATTERN)
+    priority_class: str | None = None
+
+    @property
+    def uses_gpu(self) -> bool:
+        return self.gpu_count > 0
+
+    @model_validator(mode="after")
+    def _gpu_settings_need_gpus(self) -> SchedulingProfile:
+        if self.gpu_count > 0 and not any(t.key == self.gpu_resource or t.key == "nvidia.com/gpu"
+                                          for t in self.tolerations):
+            raise ValueError(f"profile {self.name!r} asks for GPUs but does not tolerate the GPU taint")
+        return self
+
+
+class PlatformConfig(_Section):
+    """The platform team's file: scheduling profiles and the default project image."""
+
+    image: str = "ghcr.io/kubeforge/kubeforge-runtime:0.1.0"
+    default_profile: str = "cpu"
+    profiles: list[SchedulingProfile]
+
+    @model_validator(mode="after")
+    def _profiles_unique_and_default_known(self) -> PlatformConfig:
+        names = [p.name for p in self.profiles]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"profile {duplicates[0]!r} is defined twice")
+        if self.default_profile not in names:
+            raise ValueError(f"default_profile {self.default_profile!r} is not among the profiles")
+        return self
+
+    def profile(self, name: str) -> SchedulingProfile:
+        for profile in self.profiles:
+            if profile.name == name:
+                return profile
+        known = ", ".join(p.name for p in self.profiles)
+        raise ConfigError(f"unknown profile {name!r}; known: {known}")
+
+
+PLATFORM_FILE_ENV = "KUBEFORGE_PLATFORM_CONFIG"
+_BUILTIN_PLATFORM_FILE = Path(__file__).parent / "platform" / "platform.yaml"
+
+
+def load_platform(path: str | os.PathLike[str] | None = None) -> PlatformConfig:
+    """Load the platform file: an explicit path, then $KUBEFORGE_PLATFORM_CONFIG, then the built-in one."""
+    source = Path(path or os.environ.get(PLATFORM_FILE_ENV) or _BUILTIN_PLATFORM_FILE)
+    try:
+        raw = yaml.safe_load(source.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"platform config {source} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"platform config {source} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"platform config {source} must be a mapping")
+    try:
+        return PlatformConfig(**raw)
+    except ValidationError as exc:
+        raise ConfigError(f"platform config {source}: {describe_validation_error(exc)}") from None

@@ -1,0 +1,103 @@
+"""Running and compiling pipelines: the one library module that touches KFP (imported lazily by the CLI).
+
+Locally, kfp's SubprocessRunner(use_venv=False) runs each component in this interpreter's environment, which already
+has kubeforge installed, so nothing is installed at run time. Outputs land in ``<runs>/<pipeline>-<timestamp>/``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kubeforge.config import PlatformConfig, RunConfig
+
+
+class PipelineRunError(RuntimeError):
+    """A local pipeline run failed; the message names the failing task when kfp reports it."""
+
+
+@dataclass(frozen=True)
+class LocalRun:
+    pipeline: str
+    run_dir: Path
+    report: Path
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_params(overrides: dict[str, Any]) -> dict[str, Any]:
+    """Validated pipeline arguments: defaults from RunConfig with the overrides applied (raises ConfigError)."""
+    return RunConfig.from_flat(overrides).to_flat()
+
+
+def compile_pipeline(name: str, output: str | Path, platform: PlatformConfig, profile: str | None = None) -> Path:
+    from kfp import compiler
+
+    from kubeforge_pipelines import build_pipeline
+
+    pipeline = build_pipeline(name, platform, profile)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(pipeline_func=pipeline, package_path=str(output))
+    return output
+
+
+def _find_output(run_dir: Path, task: str, output: str) -> Path:
+    matches = sorted(run_dir.glob(f"{task}*/{output}"))
+    if not matches:
+        raise PipelineRunError(f"run {run_dir} has no {task}/{output} output")
+    return matches[0]
+
+
+def summarise(run_dir: Path, pipeline: str, params: dict[str, Any], profile: str, seconds: float) -> dict[str, Any]:
+    """What a reader wants first: the settings, the headline metrics and where the artifacts are."""
+    from kubeforge.evaluation import Evaluation
+    from kubeforge.steps import load_train_result
+
+    model_dir = _find_output(run_dir, "train", "trained_model")
+    trained = load_train_result(model_dir)
+    evaluation = Evaluation.load(_find_output(run_dir, "evaluate", "evaluation"))
+    return {
+        "pipeline": pipeline,
+        "run_id": run_dir.name,
+        "profile": profile,
+        "wall_seconds": round(seconds, 2),
+        "params": params,
+        "training": {key: trained[key] for key in ("best_epoch", "epochs_run", "stopped_early", "device",
+                                                    "samples_per_second", "parameters")},
+        "test": evaluation.headline(),
+        "artifacts": {path.parent.name + "/" + path.name: str(path.relative_to(run_dir))
+                      for path in sorted(run_dir.glob("*/*"))},
+    }
+
+
+def run_local(name: str, overrides: dict[str, Any], platform: PlatformConfig, *, profile: str | None = None,
+              runs_dir: str | Path = "runs", enable_caching: bool = False) -> LocalRun:
+    from kfp import local
+
+    from kubeforge_pipelines import build_pipeline
+
+    params = resolve_params(overrides)
+    profile_name = platform.profile(profile or platform.default_profile).name
+    pipeline = build_pipeline(name, platform, profile_name)
+    runs_root = Path(runs_dir).resolve()
+    runs_root.mkdir(parents=True, exist_ok=True)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(runs_root),
+               enable_caching=enable_caching, raise_on_error=True)
+    started = time.perf_counter()
+    try:
+        report_artifact = pipeline(**params)
+    except Exception as exc:  # kfp raises RuntimeError naming the failed task; keep its first line
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PipelineRunError(f"pipeline {name} failed: {first_line}") from exc
+    seconds = time.perf_counter() - started
+    produced = Path(report_artifact.path)
+    run_dir = produced.parents[1]
+    report = run_dir / "report.html"
+    shutil.copyfile(produced, report)
+    summary = summarise(run_dir, name, params, profile_name, seconds)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return LocalRun(pipeline=name, run_dir=run_dir, report=report, summary=summary)

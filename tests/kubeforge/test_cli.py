@@ -1,0 +1,53 @@
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from kubeforge.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "no-such-pipeline"], "unknown pipeline 'no-such-pipeline'; known: train-evaluate"),
+    (["run", "-p", "epoch=3"], "unknown parameter 'epoch'"),
+    (["run", "-p", "epochs=many"], "epochs: Input should be a valid integer"),
+    (["run", "-p", "epochs"], "'epochs' is not of the form key=value"),
+    (["run", "-p", "learning_rate=-1"], "learning_rate: Input should be greater than 0"),
+    (["run", "--profile", "gpu-v100"], "unknown profile 'gpu-v100'"),
+    (["compile", "nope", "-o", "x.yaml"], "unknown pipeline 'nope'"),
+    (["compile", "train-evaluate", "-o", "x.yaml", "--profile", "tpu"], "unknown profile 'tpu'"),
+    (["run", "--platform-config", "/nonexistent/platform.yaml"], "platform config /nonexistent/platform.yaml does not exist"),
+])
+def test_usage_errors_print_one_line_and_exit_2(args, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = invoke(*args)
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], result.output
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "x.yaml").exists()
+
+
+def test_compile_writes_ir(tmp_path):
+    out = tmp_path / "ir" / "pipeline.yaml"
+    result = invoke("compile", "train-evaluate", "-o", str(out), "--profile", "gpu-t4")
+    assert result.exit_code == 0, result.output
+    assert "pipelineInfo" in out.read_text() and "Tesla-T4" in out.read_text()
+
+
+def test_profiles_lists_every_profile():
+    result = invoke("profiles")
+    assert result.exit_code == 0
+    for name in ("cpu (default)", "gpu-t4", "gpu-a100", "gpu-h100", "mig-1g.10gb"):
+        assert name in result.output
+
+
+def test_console_script_is_installed_and_reports_usage_errors():
+    script = subprocess.run([sys.executable, "-m", "kubeforge.cli", "run", "-p", "bogus=1"],
+                            capture_output=True, text=True)
+    assert script.returncode == 2 and "unknown parameter 'bogus'" in script.stderr

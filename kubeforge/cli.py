@@ -74,12 +74,11 @@ def run(
 
     platform = platform_or_fail(platform_config)
     try:
-        name = _default_pipeline(pipeline)
-        overrides = parse_param_assignments(param or [])
-        orchestration.resolve_params(overrides)
-        platform.profile(profile or platform.default_profile)
-        from kubeforge_pipelines import build_pipeline
+        from kubeforge_pipelines import build_pipeline, pipeline_entry
 
+        name = _default_pipeline(pipeline)
+        overrides = parse_param_assignments(param or [], pipeline_entry(name).sections)
+        orchestration.resolve_params(name, overrides)
         build_pipeline(name, platform, profile)
     except ConfigError as exc:
         fail(str(exc))

@@ -9,8 +9,9 @@ pipeline parameters without prefixes.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -92,32 +93,112 @@ class TrainConfig(_Section):
     warm_start: str = Field("", description="model directory of an earlier run to fine-tune from ('' = none)")
 
 
+COMPRESSION_METHODS = ("int8-dynamic", "onnx-int8", "prune-structured", "prune-unstructured", "distill", "fp16", "bf16")
+
+
+class CompressConfig(_Section):
+    """Which compressed candidates to try and the gate a candidate must pass to be chosen."""
+
+    compress_methods: list[str] = Field(
+        default_factory=lambda: ["onnx-int8", "int8-dynamic", "prune-structured", "distill+onnx-int8"],
+        description="candidates to evaluate; '+' chains methods, e.g. 'distill+onnx-int8'")
+    max_accuracy_drop: float = Field(1.0, ge=0.0, le=100.0, description="largest allowed test-accuracy drop, points")
+    objective: Literal["latency", "size"] = Field("latency", description="what the best passing candidate minimises")
+    prune_fraction: float = Field(0.5, gt=0.0, lt=1.0, description="share of hidden units/channels removed")
+    target_sparsity: float = Field(0.8, gt=0.0, lt=1.0, description="weight sparsity of unstructured pruning")
+    finetune_epochs: int = Field(5, ge=0, le=1000, description="fine-tuning epochs after pruning")
+    student_hidden_sizes: list[int] = Field(default_factory=lambda: [64], description="distilled student's widths")
+    distill_epochs: int = Field(30, ge=1, le=10_000, description="student training epochs")
+    distill_temperature: float = Field(3.0, gt=0.0, le=100.0, description="softmax temperature T")
+    distill_alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of the hard-label CE term")
+    calibration_batches: int = Field(8, ge=1, le=10_000, description="train batches for static int8 calibration")
+    bench_runs: int = Field(100, ge=100, le=100_000, description="timed inferences per latency measurement")
+    bench_threads: int = Field(1, ge=1, le=256, description="intra-op threads while measuring latency")
+
+    @field_validator("compress_methods")
+    @classmethod
+    def _known_methods(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one compression method is required")
+        for candidate in value:
+            for method in candidate.split("+"):
+                if method not in COMPRESSION_METHODS:
+                    raise ValueError(f"unknown compression method {method!r} in {candidate!r}; "
+                                     f"known: {', '.join(COMPRESSION_METHODS)}")
+        return value
+
+    @field_validator("student_hidden_sizes")
+    @classmethod
+    def _positive_student_widths(cls, value: list[int]) -> list[int]:
+        if not value or any(width <= 0 for width in value):
+            raise ValueError("must be a non-empty list of positive integers")
+        return value
+
+
+class ServeConfig(_Section):
+    """How the BentoML service runs; the Helm chart passes these through as environment variables."""
+
+    workers: int = Field(1, ge=1, le=64, description="server worker processes")
+    threads: int = Field(1, ge=1, le=64, description="intra-op threads per worker for inference")
+    max_batch_size: int = Field(64, ge=1, le=4096, description="adaptive batching: largest merged batch")
+    max_latency_ms: int = Field(20, ge=1, le=60_000, description="adaptive batching: latency budget per request")
+    max_concurrency: int = Field(256, ge=1, le=100_000, description="in-flight requests; excess get 503")
+    timeout_s: float = Field(10.0, gt=0.0, le=3600.0, description="request timeout")
+    max_instances: int = Field(1024, ge=1, le=1_000_000, description="rows per request")
+    max_payload_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="largest accepted request body")
+
+    ENV_PREFIX: ClassVar[str] = "KUBEFORGE_SERVE_"
+
+    def to_env(self) -> dict[str, str]:
+        """The environment a serving pod gets (the chart renders exactly these names)."""
+        return {f"{self.ENV_PREFIX}{name.upper()}": str(value) for name, value in self.model_dump().items()}
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ServeConfig:
+        """Read KUBEFORGE_SERVE_<FIELD> variables; a bad value is a ConfigError naming the variable."""
+        environ = os.environ if environ is None else environ
+        values = {name: environ[f"{cls.ENV_PREFIX}{name.upper()}"] for name in cls.model_fields
+                  if f"{cls.ENV_PREFIX}{name.upper()}" in environ}
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            raise ConfigError(f"serving environment: {describe_validation_error(exc)} "
+                              f"(variables {cls.ENV_PREFIX}<NAME>)") from None
+
+
 class RunConfig(_Section):
     """A whole run: the union of the step sections."""
 
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    compress: CompressConfig = Field(default_factory=CompressConfig)
 
     @classmethod
     def sections(cls) -> dict[str, type[_Section]]:
         return {name: field.annotation for name, field in cls.model_fields.items()}  # type: ignore[misc]
 
     @classmethod
-    def flat_fields(cls) -> dict[str, tuple[str, Any]]:
-        """Map each flat parameter name to (section, pydantic FieldInfo)."""
+    def flat_fields(cls, sections: Iterable[str] | None = None) -> dict[str, tuple[str, Any]]:
+        """Map each flat parameter name to (section, pydantic FieldInfo), for the given sections or all."""
+        wanted = list(sections) if sections is not None else list(cls.sections())
         flat: dict[str, tuple[str, Any]] = {}
         for section, model in cls.sections().items():
             for name, info in model.model_fields.items():
                 if name in flat:
                     raise RuntimeError(f"parameter {name!r} is defined in two sections")
-                flat[name] = (section, info)
+                if section in wanted:
+                    flat[name] = (section, info)
         return flat
 
     @classmethod
-    def from_flat(cls, values: dict[str, Any]) -> RunConfig:
-        """Build from flat ``name=value`` pairs (CLI, pipeline parameters), naming any bad key or value."""
-        fields = cls.flat_fields()
+    def from_flat(cls, values: dict[str, Any], sections: Iterable[str] | None = None) -> RunConfig:
+        """Build from flat ``name=value`` pairs (CLI, pipeline parameters), naming any bad key or value.
+
+        ``sections`` limits the accepted names to the steps a pipeline has, so a compression setting given to a
+        pipeline without a compress step is reported instead of silently ignored.
+        """
+        fields = cls.flat_fields(sections)
         unknown = sorted(set(values) - set(fields))
         if unknown:
             raise ConfigError(f"unknown parameter {unknown[0]!r}; known: {', '.join(sorted(fields))}")
@@ -129,9 +210,10 @@ class RunConfig(_Section):
         except ValidationError as exc:
             raise ConfigError(describe_validation_error(exc)) from None
 
-    def to_flat(self) -> dict[str, Any]:
+    def to_flat(self, sections: Iterable[str] | None = None) -> dict[str, Any]:
+        wanted = list(sections) if sections is not None else list(self.sections())
         flat: dict[str, Any] = {}
-        for section in self.sections():
+        for section in wanted:
             flat.update(getattr(self, section).model_dump())
         return flat
 
@@ -146,13 +228,13 @@ def describe_validation_error(exc: ValidationError) -> str:
     return "; ".join(problems)
 
 
-def parse_param_assignments(assignments: list[str]) -> dict[str, Any]:
+def parse_param_assignments(assignments: list[str], sections: Iterable[str] | None = None) -> dict[str, Any]:
     """Turn CLI ``key=value`` strings into values typed by the field they target.
 
     Values are parsed as YAML scalars/lists (``epochs=5``, ``hidden_sizes=[64,32]``, ``mixed_precision=false``) and
     then validated by the model, so a typo in a name or a type is reported with the parameter's name.
     """
-    fields = RunConfig.flat_fields()
+    fields = RunConfig.flat_fields(sections)
     values: dict[str, Any] = {}
     for item in assignments:
         key, sep, raw = item.partition("=")

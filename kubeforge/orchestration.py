@@ -28,9 +28,12 @@ class LocalRun:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def resolve_params(overrides: dict[str, Any]) -> dict[str, Any]:
-    """Validated pipeline arguments: defaults from RunConfig with the overrides applied (raises ConfigError)."""
-    return RunConfig.from_flat(overrides).to_flat()
+def resolve_params(pipeline: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Validated arguments of ``pipeline``: RunConfig defaults with the overrides applied (raises ConfigError)."""
+    from kubeforge_pipelines import pipeline_entry
+
+    sections = pipeline_entry(pipeline).sections
+    return RunConfig.from_flat(overrides, sections).to_flat(sections)
 
 
 def compile_pipeline(name: str, output: str | Path, platform: PlatformConfig, profile: str | None = None) -> Path:
@@ -80,7 +83,7 @@ def run_local(name: str, overrides: dict[str, Any], platform: PlatformConfig, *,
 
     from kubeforge_pipelines import build_pipeline
 
-    params = resolve_params(overrides)
+    params = resolve_params(name, overrides)
     profile_name = platform.profile(profile or platform.default_profile).name
     pipeline = build_pipeline(name, platform, profile_name)
     runs_root = Path(runs_dir).resolve()

@@ -1,22 +1,34 @@
 """Pipelines: wiring of components plus scheduling profiles; no domain logic lives here."""
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from kubeforge.config import ConfigError, PlatformConfig, SchedulingProfile
 from kubeforge_pipelines import train_evaluate
 
-Builder = Callable[[SchedulingProfile, SchedulingProfile], Callable]
 
-PIPELINES: dict[str, Builder] = {
-    train_evaluate.NAME: train_evaluate.build,
+@dataclass(frozen=True)
+class PipelineEntry:
+    build: Callable[[SchedulingProfile, SchedulingProfile], Callable]
+    sections: tuple[str, ...]  # the RunConfig sections whose fields are this pipeline's parameters
+    description: str
+
+
+PIPELINES: dict[str, PipelineEntry] = {
+    train_evaluate.NAME: PipelineEntry(train_evaluate.build, train_evaluate.SECTIONS, train_evaluate.DESCRIPTION),
 }
 DEFAULT_PIPELINE = train_evaluate.NAME
 
 
-def build_pipeline(name: str, platform: PlatformConfig, profile: str | None = None) -> Callable:
-    """The named pipeline with its heavy step on ``profile`` (default: the platform's) and light steps on CPU."""
+def pipeline_entry(name: str) -> PipelineEntry:
     if name not in PIPELINES:
         raise ConfigError(f"unknown pipeline {name!r}; known: {', '.join(sorted(PIPELINES))}")
+    return PIPELINES[name]
+
+
+def build_pipeline(name: str, platform: PlatformConfig, profile: str | None = None) -> Callable:
+    """The named pipeline with its heavy step on ``profile`` (default: the platform's) and light steps on CPU."""
+    entry = pipeline_entry(name)
     heavy = platform.profile(profile or platform.default_profile)
     light = platform.profile(platform.default_profile)
-    return PIPELINES[name](heavy, light)
+    return entry.build(heavy, light)

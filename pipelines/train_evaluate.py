@@ -12,13 +12,15 @@ from kubeforge_components.train import train
 from kubeforge_pipelines.scheduling import apply_profile
 
 NAME = "train-evaluate"
-D = RunConfig().to_flat()  # pipeline defaults come from the one config model
+DESCRIPTION = "Preprocess, train, evaluate and report a classifier."
+SECTIONS = ("data", "model", "train")
+D = RunConfig().to_flat(SECTIONS)  # pipeline defaults come from the one config model
 
 
 def build(train_profile: SchedulingProfile, step_profile: SchedulingProfile) -> Callable:
     """The pipeline with training placed by ``train_profile`` and the light steps by ``step_profile``."""
 
-    @dsl.pipeline(name=NAME, description="Preprocess, train, evaluate and report a classifier.")
+    @dsl.pipeline(name=NAME, description=DESCRIPTION)
     def train_evaluate(
         dataset: str = D["dataset"],
         label_column: str = D["label_column"],

@@ -45,7 +45,7 @@ def _default_pipeline(name: str | None) -> str:
 
 
 def print_summary(summary: dict) -> None:
-    table = Table(title=f"{summary['pipeline']} · {summary['run_id']}", show_header=True)
+    table = Table(title=summary["pipeline"], caption=summary["run_id"], show_header=True)
     table.add_column("what")
     table.add_column("value", justify="right")
     for name, value in summary["test"].items():

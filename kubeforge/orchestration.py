@@ -92,12 +92,12 @@ def run_local(name: str, overrides: dict[str, Any], platform: PlatformConfig, *,
                enable_caching=enable_caching, raise_on_error=True)
     started = time.perf_counter()
     try:
-        report_artifact = pipeline(**params)
+        task = pipeline(**params)
     except Exception as exc:  # kfp raises RuntimeError naming the failed task; keep its first line
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PipelineRunError(f"pipeline {name} failed: {first_line}") from exc
     seconds = time.perf_counter() - started
-    produced = Path(report_artifact.path)
+    produced = Path(task.output.path)  # the pipeline's single output: the report HTML
     run_dir = produced.parents[1]
     report = run_dir / "report.html"
     shutil.copyfile(produced, report)

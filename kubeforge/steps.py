@@ -44,11 +44,12 @@ def train_step(splits_dir: str | Path, model_dir: str | Path, model_config: Mode
                *, resume: bool = True, progress: bool = True) -> TrainResult:
     """Train and save weights + config; resumes from the record's checkpoint when one exists (a restarted pod)."""
     from kubeforge.models import build_model, count_parameters, save_model
-    from kubeforge.training import train_model
+    from kubeforge.training import set_seed, train_model
 
     model_dir = Path(model_dir)
     splits = read_splits(splits_dir)
     spec = model_spec_for(splits, model_config)
+    set_seed(train_config.seed)  # initialisation is part of the seeded run
     model = build_model(spec)
     record = model_dir / TRAINING_RECORD
     record.mkdir(parents=True, exist_ok=True)

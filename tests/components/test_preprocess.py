@@ -27,4 +27,5 @@ def test_preprocess_failure_names_the_problem(kfp_local, tmp_path, capfd):
     bad.write_text("a,b,y\n1,x,0\n2,3,1\n")
     with pytest.raises(RuntimeError):
         preprocess(dataset=str(bad), label_column="y", val_fraction=0.2, test_fraction=0.2, split_seed=0)
-    assert "'b'" in capfd.readouterr().err + capfd.readouterr().out
+    captured = capfd.readouterr()
+    assert "feature column 'b' is not numeric" in captured.out + captured.err

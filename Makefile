@@ -1,12 +1,12 @@
 # Two commands do all the set-up on a fresh machine (see README):
 #   make demo   creates .venv, installs kubeforge, runs the default pipeline locally
-#   make test   the same environment plus helm and the cluster binaries, then the whole test suite
+#   make test   the same environment, then the whole test suite
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast tools bench clean-runs
+.PHONY: demo test test-fast bench clean-runs
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,18 +17,16 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/kubeforge run
 
-tools:
-	bash scripts/get-helm.sh
-	bash scripts/cluster/build-binaries.sh
-
-test: $(STAMP) tools
+test: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -m "not slow and not server and not cluster"
 
 bench: $(STAMP)
-	$(BIN)/python -m bench.run_all
+	$(BIN)/python -m bench.demo_walltime
+	$(BIN)/python -m bench.pipeline_overhead
+	$(BIN)/python -m bench.training_throughput
 
 clean-runs:
 	rm -rf runs

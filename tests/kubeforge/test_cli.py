@@ -51,3 +51,17 @@ def test_console_script_is_installed_and_reports_usage_errors():
     script = subprocess.run([sys.executable, "-m", "kubeforge.cli", "run", "-p", "bogus=1"],
                             capture_output=True, text=True)
     assert script.returncode == 2 and "unknown parameter 'bogus'" in script.stderr
+
+
+@pytest.mark.slow
+def test_run_succeeds_and_prints_the_summary(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    kubeforge = shutil.which("kubeforge") or str(Path(sys.executable).parent / "kubeforge")
+    done = subprocess.run([kubeforge, "run", "-p", "dataset=iris", "-p", "epochs=20", "-p", "hidden_sizes=[16]",
+                           "--runs-dir", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "test accuracy" in done.stdout and "report:" in done.stdout
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.name.startswith("train-evaluate-")]
+    assert (run_dir / "report.html").is_file() and (run_dir / "summary.json").is_file()

@@ -37,7 +37,8 @@ THROUGH_KFP = textwrap.dedent("""
     from kubeforge_components.evaluate import evaluate
     from kubeforge_components.preprocess import preprocess
     from kubeforge_components.train import train
-    params = RunConfig.from_flat({overrides}).to_flat()
+    sections = ("data", "model", "train")
+    params = RunConfig.from_flat({overrides}, sections).to_flat(sections)
     data_keys = ("dataset", "label_column", "val_fraction", "test_fraction", "split_seed")
 
     @dsl.pipeline(name="overhead")

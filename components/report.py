@@ -12,9 +12,12 @@ def report(
     trained_model: Input[Model],
     evaluation: Input[Artifact],
     run_report: Output[HTML],
+    compressed_model: Input[Model] = None,
 ):
+    """The compression section appears when the pipeline has a compress step."""
     from kubeforge.artifacts import label
     from kubeforge.steps import report_step
 
-    report_step(splits.path, trained_model.path, evaluation.path, run_report.path)
+    report_step(splits.path, trained_model.path, evaluation.path, run_report.path,
+                compressed_dir=compressed_model.path if compressed_model is not None else None)
     label(run_report, "Run report")

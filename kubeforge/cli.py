@@ -45,7 +45,7 @@ def _default_pipeline(name: str | None) -> str:
 
 
 def print_summary(summary: dict) -> None:
-    table = Table(title=summary["pipeline"], caption=summary["run_id"], show_header=True)
+    table = Table(title=summary["pipeline"], show_header=True)
     table.add_column("what")
     table.add_column("value", justify="right")
     for name, value in summary["test"].items():
@@ -55,6 +55,14 @@ def print_summary(summary: dict) -> None:
     table.add_row("parameters", f"{training['parameters']:,}")
     table.add_row("device", training["device"])
     table.add_row("training samples/s", f"{training['samples_per_second']:,.0f}")
+    compression = summary.get("compression")
+    if compression:
+        table.add_row("compressed with", f"{compression['chosen']} ({compression['kind']}, {compression['precision']})")
+        table.add_row("compressed accuracy (drop)",
+                      f"{compression['accuracy']:.4f} ({compression['accuracy_drop']:+.2f} pt)")
+        table.add_row("size reduction", f"{compression['size_ratio']:.1f}×")
+        table.add_row("latency p50 / p99 (batch 1)",
+                      f"{compression['p50_ms_b1']:.3f} / {compression['p99_ms_b1']:.3f} ms")
     table.add_row("profile", summary["profile"])
     table.add_row("wall time", f"{summary['wall_seconds']:.1f} s")
     console.print(table)

@@ -12,6 +12,7 @@ import json
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -41,6 +42,7 @@ class ModelSpec(BaseModel):
     scaler_mean: list[float]
     scaler_scale: list[float]
     image_shape: tuple[int, int] | None = None
+    precision: Literal["fp32", "fp16", "bf16", "int8-dynamic"] = "fp32"
     format_version: int = 1
 
 
@@ -174,6 +176,9 @@ def load_weights(model: nn.Module, weights: str | Path, map_location: str = "cpu
 
 def load_model(directory: str | Path, map_location: str = "cpu") -> tuple[Classifier, ModelSpec]:
     spec = load_spec(directory)
+    if spec.precision != "fp32":
+        raise ModelError(f"{directory}: weights are stored as {spec.precision}; load them with "
+                         "kubeforge.compression.artifact.load_predictor")
     weights = Path(directory) / WEIGHTS_FILE
     if not weights.is_file():
         raise ModelError(f"{directory}: no {WEIGHTS_FILE}")

@@ -63,6 +63,17 @@ def summarise(run_dir: Path, pipeline: str, params: dict[str, Any], profile: str
     model_dir = _find_output(run_dir, "train", "trained_model")
     trained = load_train_result(model_dir)
     evaluation = Evaluation.load(_find_output(run_dir, "evaluate", "evaluation"))
+    compression = None
+    reports = sorted(run_dir.glob("compress*/compressed_model/compression.json"))
+    if reports:
+        report = json.loads(reports[0].read_text())
+        chosen = next((m for m in report["candidates"] if m["name"] == report["chosen"]), None)
+        compression = {"chosen": report["chosen"], "gate": report["gate"],
+                       "max_accuracy_drop": report["max_accuracy_drop"],
+                       "model_dir": str(reports[0].parent.relative_to(run_dir)),
+                       **({key: chosen[key] for key in ("accuracy", "accuracy_drop", "size_bytes", "size_ratio",
+                                                        "p50_ms_b1", "p99_ms_b1", "precision", "kind")}
+                          if chosen else {})}
     return {
         "pipeline": pipeline,
         "run_id": run_dir.name,
@@ -72,6 +83,7 @@ def summarise(run_dir: Path, pipeline: str, params: dict[str, Any], profile: str
         "training": {key: trained[key] for key in ("best_epoch", "epochs_run", "stopped_early", "device",
                                                     "samples_per_second", "parameters")},
         "test": evaluation.headline(),
+        "compression": compression,
         "artifacts": {path.parent.name + "/" + path.name: str(path.relative_to(run_dir))
                       for path in sorted(run_dir.glob("*/*"))},
     }

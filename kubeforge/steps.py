@@ -90,8 +90,12 @@ def report_sections(splits_dir: str | Path, model_dir: str | Path, evaluation_fi
 
 
 def report_step(splits_dir: str | Path, model_dir: str | Path, evaluation_file: str | Path, report_file: str | Path,
-                *, extra_sections: list[Section] | None = None, title: str = "kubeforge run report") -> None:
+                *, compressed_dir: str | Path | None = None, title: str = "kubeforge run report") -> None:
     from kubeforge.report import render_report
 
-    sections = report_sections(splits_dir, model_dir, evaluation_file) + list(extra_sections or [])
+    sections = report_sections(splits_dir, model_dir, evaluation_file)
+    if compressed_dir is not None:
+        from kubeforge.compression.step import load_report, report_section
+
+        sections.append(report_section(load_report(compressed_dir)))
     Path(report_file).write_text(render_report(title, sections))

@@ -4,7 +4,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from kubeforge.config import ConfigError, PlatformConfig, SchedulingProfile
-from kubeforge_pipelines import train_evaluate
+from kubeforge_pipelines import train_compress, train_evaluate
 
 
 @dataclass(frozen=True)
@@ -15,9 +15,10 @@ class PipelineEntry:
 
 
 PIPELINES: dict[str, PipelineEntry] = {
-    train_evaluate.NAME: PipelineEntry(train_evaluate.build, train_evaluate.SECTIONS, train_evaluate.DESCRIPTION),
+    module.NAME: PipelineEntry(module.build, module.SECTIONS, module.DESCRIPTION)
+    for module in (train_compress, train_evaluate)
 }
-DEFAULT_PIPELINE = train_evaluate.NAME
+DEFAULT_PIPELINE = train_compress.NAME
 
 
 def pipeline_entry(name: str) -> PipelineEntry:

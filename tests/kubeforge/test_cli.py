@@ -14,7 +14,9 @@ def invoke(*args: str):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["run", "no-such-pipeline"], "unknown pipeline 'no-such-pipeline'; known: train-evaluate"),
+    (["run", "no-such-pipeline"], "unknown pipeline 'no-such-pipeline'; known: train-compress, train-evaluate"),
+    (["run", "train-evaluate", "-p", "objective=size"], "unknown parameter 'objective'"),
+    (["run", "-p", "compress_methods=[zip]"], "unknown compression method 'zip'"),
     (["run", "-p", "epoch=3"], "unknown parameter 'epoch'"),
     (["run", "-p", "epochs=many"], "epochs: Input should be a valid integer"),
     (["run", "-p", "epochs"], "'epochs' is not of the form key=value"),
@@ -59,8 +61,9 @@ def test_run_succeeds_and_prints_the_summary(tmp_path):
     from pathlib import Path
 
     kubeforge = shutil.which("kubeforge") or str(Path(sys.executable).parent / "kubeforge")
-    done = subprocess.run([kubeforge, "run", "-p", "dataset=iris", "-p", "epochs=20", "-p", "hidden_sizes=[16]",
-                           "--runs-dir", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([kubeforge, "run", "train-evaluate", "-p", "dataset=iris", "-p", "epochs=20",
+                           "-p", "hidden_sizes=[16]", "--runs-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "test accuracy" in done.stdout and "report:" in done.stdout
     (run_dir,) = [p for p in tmp_path.iterdir() if p.name.startswith("train-evaluate-")]

@@ -5,22 +5,24 @@ import inspect
 import pytest
 
 from kubeforge.config import RunConfig, load_platform
-from kubeforge_pipelines import build_pipeline
+from kubeforge_pipelines import PIPELINES, build_pipeline
 
 PROFILES = [p.name for p in load_platform().profiles]
 LIGHT_TASKS = ("preprocess", "evaluate", "report")
 
 
-def test_pipeline_parameters_are_exactly_the_config_fields_with_the_same_defaults(platform):
-    signature = inspect.signature(build_pipeline("train-evaluate", platform).pipeline_func)
+@pytest.mark.parametrize("name", sorted(PIPELINES))
+def test_pipeline_parameters_are_exactly_the_config_fields_with_the_same_defaults(platform, name):
+    signature = inspect.signature(build_pipeline(name, platform).pipeline_func)
     defaults = {name: parameter.default for name, parameter in signature.parameters.items()}
-    assert defaults == RunConfig().to_flat(("data", "model", "train"))
+    assert defaults == RunConfig().to_flat(PIPELINES[name].sections)
 
 
+@pytest.mark.parametrize("pipeline", sorted(PIPELINES))
 @pytest.mark.parametrize("profile_name", PROFILES)
-def test_train_task_carries_the_profile(compile_with, platform, profile_name):
+def test_train_task_carries_the_profile(compile_with, platform, profile_name, pipeline):
     profile = platform.profile(profile_name)
-    ir = compile_with("train-evaluate", profile_name)
+    ir = compile_with(pipeline, profile_name)
     resources = ir.resources("train")
     assert resources["resourceCpuRequest"] == profile.cpu_request
     assert resources["resourceMemoryRequest"] == profile.memory_request
@@ -40,8 +42,8 @@ def test_train_task_carries_the_profile(compile_with, platform, profile_name):
 
 def test_light_steps_stay_on_cpu_with_requests(compile_with, platform):
     cpu = platform.profile("cpu")
-    ir = compile_with("train-evaluate", "gpu-a100")
-    for task in LIGHT_TASKS:
+    ir = compile_with("train-compress", "gpu-a100")
+    for task in LIGHT_TASKS + ("compress",):
         resources = ir.resources(task)
         assert resources["resourceCpuRequest"] == cpu.cpu_request, task
         assert resources["resourceMemoryRequest"] == cpu.memory_request, task

@@ -1,0 +1,132 @@
+"""The one measurement harness for the baseline and every candidate, so numbers are comparable.
+
+Latency: warm-up, a fixed intra-op thread count, at least ``runs`` timed calls at batch 1 and batch 32; p50/p99 from
+the per-call times. Size: the bytes of the model file as saved (and gzip-compressed, which is where unstructured
+sparsity shows). CPU flags and library versions are recorded because int8 speed depends on them.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import platform
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import f1_score
+
+from kubeforge.compression.artifact import candidate_predictor, save_candidate
+from kubeforge.compression.candidate import Candidate
+from kubeforge.compression.prune import onnx_sparsity, weight_sparsity
+from kubeforge.compression.quantize import dynamic_int8_linear_type
+
+WARMUP = 10
+BATCHES = (1, 32)
+
+
+@dataclass
+class Measurement:
+    name: str
+    kind: str
+    precision: str
+    size_bytes: int
+    gzip_bytes: int
+    size_ratio: float  # baseline size / this size
+    parameters: int
+    sparsity: float
+    accuracy: float
+    f1_macro: float
+    accuracy_drop: float  # points vs baseline (positive = worse)
+    p50_ms_b1: float
+    p99_ms_b1: float
+    p50_ms_b32: float
+    p99_ms_b32: float
+    throughput_rows_s: float  # at batch 32
+    notes: list[str]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def cpu_flags() -> list[str]:
+    wanted = {"avx", "avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_int8", "fma"}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return sorted(wanted & set(line.split(":", 1)[1].split()))
+    except OSError:
+        pass
+    return []
+
+
+def environment() -> dict:
+    versions = {}
+    for name in ("torch", "onnxruntime", "onnx", "numpy"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "cpu_flags": cpu_flags(),
+            "versions": versions}
+
+
+def _latencies_ms(predict, X: np.ndarray, batch: int, runs: int) -> np.ndarray:
+    rows = np.resize(np.arange(len(X)), (runs + WARMUP) * batch).reshape(runs + WARMUP, batch)
+    inputs = [np.ascontiguousarray(X[r]) for r in rows]
+    for item in inputs[:WARMUP]:
+        predict(item)
+    times = np.empty(runs)
+    for i, item in enumerate(inputs[WARMUP:]):
+        started = time.perf_counter_ns()
+        predict(item)
+        times[i] = (time.perf_counter_ns() - started) / 1e6
+    return times
+
+
+def _parameters(candidate: Candidate) -> int:
+    if candidate.onnx is not None:
+        import onnx
+        from onnx import numpy_helper
+
+        return int(sum(numpy_helper.to_array(t).size for t in onnx.load_from_string(candidate.onnx).graph.initializer
+                       if len(t.dims) >= 1 and t.name and not t.name.endswith(("_scale", "_zero_point"))))
+    count = sum(p.numel() for p in candidate.module.parameters())
+    if candidate.spec.precision == "int8-dynamic":  # packed int8 Linears hold their weights outside parameters()
+        quantized = dynamic_int8_linear_type()
+        count += sum(m.weight().numel() + (m.bias().numel() if m.bias() is not None else 0)
+                     for m in candidate.module.modules() if isinstance(m, quantized))
+    return int(count)
+
+
+def measure(candidate: Candidate, X_test: np.ndarray, y_test: np.ndarray, *, threads: int, runs: int,
+            baseline: Measurement | None = None) -> Measurement:
+    with tempfile.TemporaryDirectory() as tmp:
+        model_file = save_candidate(candidate, tmp)
+        size = model_file.stat().st_size
+        gzip_size = len(gzip.compress(model_file.read_bytes(), compresslevel=6))
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        predict = candidate_predictor(candidate, threads)
+        predicted = predict(X_test).argmax(axis=1)
+        b1 = _latencies_ms(predict, X_test, 1, runs)
+        b32 = _latencies_ms(predict, X_test, 32, runs)
+    finally:
+        torch.set_num_threads(previous_threads)
+    accuracy = float(np.mean(predicted == y_test))
+    sparsity = onnx_sparsity(candidate.onnx) if candidate.onnx is not None else (
+        weight_sparsity(candidate.module) if candidate.spec.precision != "int8-dynamic" else 0.0)
+    return Measurement(
+        name=candidate.name, kind=candidate.kind, precision=candidate.spec.precision, size_bytes=size,
+        gzip_bytes=gzip_size, size_ratio=round((baseline.size_bytes if baseline else size) / size, 3),
+        parameters=_parameters(candidate), sparsity=round(sparsity, 4), accuracy=accuracy,
+        f1_macro=float(f1_score(y_test, predicted, average="macro")),
+        accuracy_drop=round(((baseline.accuracy if baseline else accuracy) - accuracy) * 100, 3),
+        p50_ms_b1=float(np.percentile(b1, 50)), p99_ms_b1=float(np.percentile(b1, 99)),
+        p50_ms_b32=float(np.percentile(b32, 50)), p99_ms_b32=float(np.percentile(b32, 99)),
+        throughput_rows_s=float(32 / (np.percentile(b32, 50) / 1000)), notes=list(candidate.notes))

@@ -1,0 +1,103 @@
+"""Pruning. Structured pruning removes whole hidden units and rebuilds smaller dense layers, which is what makes
+dense kernels faster; unstructured pruning only zeroes weights, so it shrinks the compressed (gzip) file but gives no
+latency gain on dense kernels — the report says so instead of implying otherwise."""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils import prune as torch_prune
+
+from kubeforge.compression.candidate import Candidate, CompressionError, has_conv, linear_layers
+from kubeforge.config import TrainConfig
+from kubeforge.training import train_model
+
+
+def check_structured(candidate_model: nn.Module, architecture: str) -> None:
+    if architecture != "mlp":
+        raise CompressionError(f"prune-structured rebuilds MLP layers; model {architecture!r} is not supported")
+
+
+def _finetune(model: nn.Module, data, epochs: int, seed: int) -> None:
+    if epochs <= 0:
+        return
+    X_train, y_train, X_val, y_val = data
+    config = TrainConfig(epochs=epochs, learning_rate=1e-3, patience=epochs + 1, seed=seed, device="cpu")
+    with tempfile.TemporaryDirectory() as workdir:
+        train_model(model, X_train, y_train, X_val, y_val, config, workdir, progress=False)
+
+
+def prune_structured(candidate: Candidate, data, fraction: float, finetune_epochs: int, seed: int = 0) -> Candidate:
+    """Drop ``fraction`` of every hidden layer's units with the smallest weight norm, then fine-tune."""
+    if candidate.kind != "torch" or candidate.spec.precision != "fp32":
+        raise CompressionError(f"prune-structured needs an fp32 torch model, not {candidate.name}")
+    check_structured(candidate.module, candidate.spec.config.model)
+    model = copy.deepcopy(candidate.module).cpu().eval()
+    layers = [m for m in model.body if isinstance(m, nn.Linear)]
+    new_sizes = []
+    keep_inputs = None
+    for index, layer in enumerate(layers):
+        weight, bias = layer.weight.data, layer.bias.data
+        if keep_inputs is not None:
+            weight = weight[:, keep_inputs]
+        if index < len(layers) - 1:
+            keep = max(1, int(round(weight.shape[0] * (1 - fraction))))
+            importance = weight.norm(dim=1) * layers[index + 1].weight.data.norm(dim=0)  # in and out influence
+            kept = torch.sort(torch.topk(importance, keep).indices).values
+            weight, bias = weight[kept], bias[kept]
+            keep_inputs = kept
+            new_sizes.append(keep)
+        rebuilt = nn.Linear(weight.shape[1], weight.shape[0])
+        rebuilt.weight.data.copy_(weight)
+        rebuilt.bias.data.copy_(bias)
+        position = [i for i, m in enumerate(model.body) if m is layer][0]
+        model.body[position] = rebuilt
+    spec = candidate.spec.model_copy(update={"config": candidate.spec.config.model_copy(
+        update={"hidden_sizes": new_sizes})})
+    _finetune(model, data, finetune_epochs, seed)
+    return Candidate(name=candidate.name, spec=spec, module=model.eval(),
+                     notes=candidate.notes + [f"structured: hidden sizes {candidate.spec.config.hidden_sizes} -> "
+                                              f"{new_sizes}, fine-tuned {finetune_epochs} epochs"])
+
+
+def _prunable(model: nn.Module) -> list[tuple[nn.Module, str]]:
+    return [(m, "weight") for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+
+
+def prune_unstructured(candidate: Candidate, data, sparsity: float, finetune_epochs: int,
+                       seed: int = 0) -> Candidate:
+    """Global magnitude pruning across all weight matrices, fine-tuned with the mask, then made permanent."""
+    if candidate.kind != "torch" or candidate.spec.precision != "fp32":
+        raise CompressionError(f"prune-unstructured needs an fp32 torch model, not {candidate.name}")
+    if not linear_layers(candidate.module) and not has_conv(candidate.module):
+        raise CompressionError("prune-unstructured needs Linear or Conv2d weights")
+    model = copy.deepcopy(candidate.module).cpu()
+    targets = _prunable(model)
+    torch_prune.global_unstructured(targets, pruning_method=torch_prune.L1Unstructured, amount=sparsity)
+    _finetune(model, data, finetune_epochs, seed)
+    for module, name in targets:
+        torch_prune.remove(module, name)
+    return Candidate(name=candidate.name, spec=candidate.spec, module=model.eval(),
+                     notes=candidate.notes + [f"unstructured: {sparsity:.0%} of weights zeroed; smaller only when "
+                                              "compressed (gzip); no latency gain on dense kernels"])
+
+
+def weight_sparsity(model: nn.Module) -> float:
+    weights = [m.weight.detach() for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))
+               and isinstance(getattr(m, "weight", None), torch.Tensor)]
+    total = sum(w.numel() for w in weights)
+    return float(sum((w == 0).sum().item() for w in weights) / total) if total else 0.0
+
+
+def onnx_sparsity(onnx_bytes: bytes) -> float:
+    import onnx
+    from onnx import numpy_helper
+
+    arrays = [numpy_helper.to_array(t) for t in onnx.load_from_string(onnx_bytes).graph.initializer]
+    weights = [a for a in arrays if a.ndim >= 2]
+    total = sum(a.size for a in weights)
+    return float(sum(np.count_nonzero(a == 0) for a in weights) / total) if total else 0.0

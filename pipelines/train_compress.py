@@ -1,0 +1,82 @@
+"""train-compress (the default): preprocess -> train (profile) -> evaluate -> compress (accuracy gate) -> report."""
+
+from collections.abc import Callable
+
+from kfp import dsl
+
+from kubeforge.config import RunConfig, SchedulingProfile
+from kubeforge_components.compress import compress
+from kubeforge_components.evaluate import evaluate
+from kubeforge_components.preprocess import preprocess
+from kubeforge_components.report import report
+from kubeforge_components.train import train
+from kubeforge_pipelines.scheduling import apply_profile
+
+NAME = "train-compress"
+DESCRIPTION = "Preprocess, train, evaluate, compress behind an accuracy gate, and report."
+SECTIONS = ("data", "model", "train", "compress")
+D = RunConfig().to_flat(SECTIONS)
+
+
+def build(train_profile: SchedulingProfile, step_profile: SchedulingProfile) -> Callable:
+    @dsl.pipeline(name=NAME, description=DESCRIPTION)
+    def train_compress(
+        dataset: str = D["dataset"],
+        label_column: str = D["label_column"],
+        val_fraction: float = D["val_fraction"],
+        test_fraction: float = D["test_fraction"],
+        split_seed: int = D["split_seed"],
+        model: str = D["model"],
+        hidden_sizes: list = D["hidden_sizes"],
+        channels: list = D["channels"],
+        dropout: float = D["dropout"],
+        epochs: int = D["epochs"],
+        learning_rate: float = D["learning_rate"],
+        batch_size: int = D["batch_size"],
+        weight_decay: float = D["weight_decay"],
+        patience: int = D["patience"],
+        seed: int = D["seed"],
+        device: str = D["device"],
+        mixed_precision: bool = D["mixed_precision"],
+        warm_start: str = D["warm_start"],
+        compress_methods: list = D["compress_methods"],
+        max_accuracy_drop: float = D["max_accuracy_drop"],
+        objective: str = D["objective"],
+        prune_fraction: float = D["prune_fraction"],
+        target_sparsity: float = D["target_sparsity"],
+        finetune_epochs: int = D["finetune_epochs"],
+        student_hidden_sizes: list = D["student_hidden_sizes"],
+        distill_epochs: int = D["distill_epochs"],
+        distill_temperature: float = D["distill_temperature"],
+        distill_alpha: float = D["distill_alpha"],
+        calibration_batches: int = D["calibration_batches"],
+        bench_runs: int = D["bench_runs"],
+        bench_threads: int = D["bench_threads"],
+    ) -> dsl.HTML:
+        data = preprocess(dataset=dataset, label_column=label_column, val_fraction=val_fraction,
+                          test_fraction=test_fraction, split_seed=split_seed)
+        trained = train(splits=data.outputs["splits"], model=model, hidden_sizes=hidden_sizes, channels=channels,
+                        dropout=dropout, epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
+                        weight_decay=weight_decay, patience=patience, seed=seed, device=device,
+                        mixed_precision=mixed_precision, warm_start=warm_start)
+        trained.set_caching_options(False)  # a retrain is what was asked for; never serve a cached model silently
+        scored = evaluate(splits=data.outputs["splits"], trained_model=trained.outputs["trained_model"], seed=seed)
+        compressed = compress(
+            splits=data.outputs["splits"], trained_model=trained.outputs["trained_model"],
+            compress_methods=compress_methods, max_accuracy_drop=max_accuracy_drop, objective=objective,
+            prune_fraction=prune_fraction, target_sparsity=target_sparsity, finetune_epochs=finetune_epochs,
+            student_hidden_sizes=student_hidden_sizes, distill_epochs=distill_epochs,
+            distill_temperature=distill_temperature, distill_alpha=distill_alpha,
+            calibration_batches=calibration_batches, bench_runs=bench_runs, bench_threads=bench_threads)
+        summary = report(splits=data.outputs["splits"], trained_model=trained.outputs["trained_model"],
+                         evaluation=scored.outputs["evaluation"],
+                         compressed_model=compressed.outputs["compressed_model"])
+        for task, name in ((data, "preprocess"), (trained, "train"), (scored, "evaluate"),
+                           (compressed, "compress"), (summary, "report")):
+            task.set_display_name(name)
+        apply_profile(trained, train_profile)
+        for task in (data, scored, compressed, summary):
+            apply_profile(task, step_profile)  # latency is measured on CPU, where the model will be served
+        return summary.outputs["run_report"]
+
+    return train_compress

@@ -1,0 +1,53 @@
+from http import HTTPStatus
+
+import numpy as np
+import pytest
+
+from kubeforge.compression.artifact import load_predictor
+from kubeforge.config import ServeConfig
+from kubeforge.serving.runtime import ModelRuntime, RequestError
+
+
+@pytest.fixture(scope="module")
+def runtime(served_model_dir):
+    runtime = ModelRuntime.load(served_model_dir, ServeConfig(max_instances=4))
+    runtime.warm_up()
+    return runtime
+
+
+def test_predictions_match_the_offline_model(runtime, served_model_dir, digits):
+    rows = digits.X_test[:3]
+    predictions = runtime.predict(runtime.parse(rows.tolist()))
+    offline = load_predictor(served_model_dir)(rows)
+    assert [p["class_index"] for p in predictions] == offline.argmax(1).tolist()
+    assert predictions[0]["class_name"] == digits.class_names[offline.argmax(1)[0]]
+    assert np.allclose([p["probabilities"] for p in predictions], offline, atol=1e-6)
+
+
+def test_named_features_are_mapped_by_name(runtime, digits):
+    named = [dict(zip(digits.feature_names, digits.X_test[0].tolist()))]
+    assert np.array_equal(runtime.parse(named), digits.X_test[:1])
+
+
+@pytest.mark.parametrize("instances, status, message", [
+    ("not a list", HTTPStatus.BAD_REQUEST, "'instances' must be a list"),
+    ([], HTTPStatus.BAD_REQUEST, "'instances' is empty"),
+    ([[0.0] * 63], HTTPStatus.BAD_REQUEST, "instance 0: expected 64 features, got 63"),
+    ([[0.0] * 63 + ["x"]], HTTPStatus.BAD_REQUEST, "instance 0, feature 63: 'x' is not a number"),
+    ([[0.0] * 63 + [True]], HTTPStatus.BAD_REQUEST, "feature 63: True is not a number"),
+    ([[0.0] * 63 + [float("nan")]], HTTPStatus.BAD_REQUEST, "feature 63: nan is not finite"),
+    ([[0.0] * 63 + [float("inf")]], HTTPStatus.BAD_REQUEST, "feature 63: inf is not finite"),
+    ([[0.0] * 64] * 5, HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "too many instances: 5 > limit 4"),
+    ([{"pixel_0_0": 1.0}], HTTPStatus.BAD_REQUEST, "instance 0: missing feature\\(s\\) pixel_0_1"),
+    ([7], HTTPStatus.BAD_REQUEST, "instance 0: expected a list of 64 numbers"),
+])
+def test_bad_requests_name_the_problem(runtime, instances, status, message):
+    with pytest.raises(RequestError, match=message) as error:
+        runtime.parse(instances)
+    assert error.value.status == status
+
+
+def test_unknown_named_feature(runtime, digits):
+    row = dict(zip(digits.feature_names, [0.0] * 64), extra=1.0)
+    with pytest.raises(RequestError, match="unknown feature\\(s\\) extra"):
+        runtime.parse([row])

@@ -130,6 +130,32 @@ def profiles(platform_config: PlatformOption = None) -> None:
     console.print(table)
 
 
+@app.command()
+def serve(
+    source: Annotated[Path, typer.Argument(help="a run directory (serves its compressed model, else the trained "
+                                                 "one) or a model directory")],
+    host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 3000,
+) -> None:
+    """Serve a model over HTTP with the BentoML service (settings from KUBEFORGE_SERVE_* variables)."""
+    import os
+    import sys
+
+    from kubeforge.config import ServeConfig
+    from kubeforge.serving.source import resolve_model_dir
+
+    try:
+        model_dir = resolve_model_dir(source)
+        ServeConfig.from_env()
+    except ConfigError as exc:
+        fail(str(exc))
+    bentoml = Path(sys.executable).parent / "bentoml"
+    console.print(f"serving {model_dir} on http://{host}:{port} (POST /predict, GET /readyz)")
+    os.execve(str(bentoml), [str(bentoml), "serve", "kubeforge.serving.service:KubeforgeClassifier",
+                             "--host", host, "--port", str(port)],
+              {**os.environ, "KUBEFORGE_MODEL_DIR": str(model_dir.resolve())})
+
+
 def main() -> None:
     app()
 

@@ -42,7 +42,7 @@ class ModelSpec(BaseModel):
     scaler_mean: list[float]
     scaler_scale: list[float]
     image_shape: tuple[int, int] | None = None
-    precision: Literal["fp32", "fp16", "bf16", "int8-dynamic"] = "fp32"
+    precision: Literal["fp32", "fp16", "bf16", "int8-dynamic", "int8"] = "fp32"  # int8: ONNX Runtime int8
     format_version: int = 1
 
 

@@ -86,6 +86,8 @@ def load_torch(directory: str | Path) -> nn.Module:
     spec = load_spec(directory)
     weights = Path(directory) / WEIGHTS_FILE
     model = build_model(spec.model_copy(update={"precision": "fp32"})).eval()
+    if spec.precision == "int8":
+        raise ModelError(f"{directory}: int8 models are stored as {ONNX_FILE}, which is missing")
     if spec.precision == "fp32":
         load_weights(model, weights)
     elif spec.precision == "int8-dynamic":

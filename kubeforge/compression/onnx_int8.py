@@ -80,7 +80,8 @@ def onnx_int8(candidate: Candidate, calibration: np.ndarray | None = None, calib
             quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
             how = "ONNX Runtime dynamic int8 (MatMul weights int8)"
         data = int8.read_bytes()
-    return Candidate(name=candidate.name, spec=candidate.spec, onnx=data, notes=candidate.notes + [how])
+    return Candidate(name=candidate.name, spec=candidate.spec.model_copy(update={"precision": "int8"}), onnx=data,
+                     notes=candidate.notes + [how])
 
 
 def onnx_fp32(candidate: Candidate) -> Candidate:

@@ -68,3 +68,8 @@ def test_run_succeeds_and_prints_the_summary(tmp_path):
     assert "test accuracy" in done.stdout and "report:" in done.stdout
     (run_dir,) = [p for p in tmp_path.iterdir() if p.name.startswith("train-evaluate-")]
     assert (run_dir / "report.html").is_file() and (run_dir / "summary.json").is_file()
+
+
+def test_serve_refuses_a_directory_without_a_model(tmp_path):
+    result = invoke("serve", str(tmp_path))
+    assert result.exit_code == 2 and "neither a model directory" in result.output

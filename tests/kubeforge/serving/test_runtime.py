@@ -51,3 +51,21 @@ def test_unknown_named_feature(runtime, digits):
     row = dict(zip(digits.feature_names, [0.0] * 64), extra=1.0)
     with pytest.raises(RequestError, match="unknown feature\\(s\\) extra"):
         runtime.parse([row])
+
+
+def test_resolve_model_dir_prefers_the_compressed_model(tmp_path, served_model_dir):
+    import shutil
+
+    from kubeforge.config import ConfigError
+    from kubeforge.serving.source import resolve_model_dir
+
+    run = tmp_path / "run"
+    shutil.copytree(served_model_dir, run / "train" / "trained_model")
+    assert resolve_model_dir(run) == run / "train" / "trained_model"
+    shutil.copytree(served_model_dir, run / "compress" / "compressed_model")
+    assert resolve_model_dir(run) == run / "compress" / "compressed_model"
+    assert resolve_model_dir(served_model_dir) == served_model_dir
+    with pytest.raises(ConfigError, match="neither a model directory"):
+        resolve_model_dir(tmp_path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        resolve_model_dir(tmp_path / "missing")

@@ -131,6 +131,26 @@ def profiles(platform_config: PlatformOption = None) -> None:
 
 
 @app.command()
+def build(
+    source: Annotated[Path, typer.Argument(help="a run directory (packages its compressed model, else the trained "
+                                                 "one) or a model directory")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="where the .bento and its Docker context go")] =
+    Path("build/bento"),
+) -> None:
+    """Build the serving Bento offline: a .bento archive plus a Dockerfile context any OCI builder can use."""
+    from kubeforge.models import ModelError
+    from kubeforge.serving.package import build_bento
+    from kubeforge.serving.source import resolve_model_dir
+
+    try:
+        built = build_bento(resolve_model_dir(source), output)
+    except (ConfigError, ModelError) as exc:
+        fail(str(exc))
+    console.print(f"bento {built.bento_tag} (model {built.model_tag})\narchive: {built.archive}\n"
+                  f"docker context: {built.context} (Dockerfile: {built.dockerfile})")
+
+
+@app.command()
 def serve(
     source: Annotated[Path, typer.Argument(help="a run directory (serves its compressed model, else the trained "
                                                  "one) or a model directory")],

@@ -1,4 +1,5 @@
-"""train-compress (the default): preprocess -> train (profile) -> evaluate -> compress (accuracy gate) -> report."""
+"""train-compress (the default): preprocess -> train (profile) -> evaluate -> compress (accuracy gate) -> package
+(Bento + image build context), plus the run report."""
 
 from collections.abc import Callable
 
@@ -7,13 +8,14 @@ from kfp import dsl
 from kubeforge.config import RunConfig, SchedulingProfile
 from kubeforge_components.compress import compress
 from kubeforge_components.evaluate import evaluate
+from kubeforge_components.package import package
 from kubeforge_components.preprocess import preprocess
 from kubeforge_components.report import report
 from kubeforge_components.train import train
 from kubeforge_pipelines.scheduling import apply_profile
 
 NAME = "train-compress"
-DESCRIPTION = "Preprocess, train, evaluate, compress behind an accuracy gate, and report."
+DESCRIPTION = "Preprocess, train, evaluate, compress behind an accuracy gate, package a Bento, and report."
 SECTIONS = ("data", "model", "train", "compress")
 D = RunConfig().to_flat(SECTIONS)
 
@@ -71,11 +73,12 @@ def build(train_profile: SchedulingProfile, step_profile: SchedulingProfile) -> 
         summary = report(splits=data.outputs["splits"], trained_model=trained.outputs["trained_model"],
                          evaluation=scored.outputs["evaluation"],
                          compressed_model=compressed.outputs["compressed_model"])
+        packaged = package(model=compressed.outputs["compressed_model"])
         for task, name in ((data, "preprocess"), (trained, "train"), (scored, "evaluate"),
-                           (compressed, "compress"), (summary, "report")):
+                           (compressed, "compress"), (packaged, "package"), (summary, "report")):
             task.set_display_name(name)
         apply_profile(trained, train_profile)
-        for task in (data, scored, compressed, summary):
+        for task in (data, scored, compressed, packaged, summary):
             apply_profile(task, step_profile)  # latency is measured on CPU, where the model will be served
         return summary.outputs["run_report"]
 

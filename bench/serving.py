@@ -1,0 +1,185 @@
+"""kubeforge's BentoML service vs a naive server, under the same load, in one run.
+
+(a) kubeforge: `kubeforge.serving.service` on the compressed model the gate picks (ONNX Runtime int8), settings from
+    KUBEFORGE_SERVE_* (2 workers, 1 inference thread each, on this 2-core machine).
+(b) naive baseline: FastAPI + uvicorn (1 process), the uncompressed fp32 torch model, one forward per request.
+Both serve the same MLP 64-1024-1024-10 trained on digits and get identical payloads (one digits row per request)
+from the same load generator: an aiohttp client with N concurrent connections, a fixed request count per level,
+loopback only. The load generator shares the 2 cores with the server under test, which caps both sides alike.
+
+    python -m bench.serving [--requests 3000]
+Target at 64 clients: >= 2.0x the baseline's throughput, p99 no worse, zero errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench._harness import write
+
+CLIENTS = (1, 16, 64)
+
+NAIVE_SERVER = textwrap.dedent("""
+    import sys
+    import torch
+    from fastapi import FastAPI
+    from pydantic import BaseModel
+    from kubeforge.models import load_model
+
+    model, spec = load_model(sys.argv[1])
+    app = FastAPI()
+
+    class Request(BaseModel):
+        instances: list[list[float]]
+
+    @app.post("/predict")
+    def predict(request: Request):
+        with torch.no_grad():
+            probabilities = torch.softmax(model(torch.tensor(request.instances)), dim=1)
+        return {"predictions": [{"class_index": int(p.argmax()), "probabilities": p.tolist()} for p in probabilities]}
+
+    @app.get("/readyz")
+    def ready():
+        return "ok"
+
+    import uvicorn
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
+""")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_ready(url: str, process: subprocess.Popen, timeout: float = 120) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{url} not ready after {timeout} s")
+
+
+async def load(url: str, payloads: list[bytes], clients: int, requests: int) -> dict:
+    import aiohttp
+
+    latencies: list[float] = []
+    errors = 0
+    counter = iter(range(requests))
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        nonlocal errors
+        for i in counter:
+            started = time.perf_counter()
+            try:
+                async with session.post(url + "/predict", data=payloads[i % len(payloads)],
+                                        headers={"content-type": "application/json"}) as response:
+                    await response.read()
+                    if response.status != 200:
+                        errors += 1
+            except aiohttp.ClientError:
+                errors += 1
+            latencies.append(time.perf_counter() - started)
+
+    connector = aiohttp.TCPConnector(limit=clients)
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        started = time.perf_counter()
+        await asyncio.gather(*(client(session) for _ in range(clients)))
+        elapsed = time.perf_counter() - started
+    ms = np.array(latencies) * 1000
+    return {"clients": clients, "requests": requests, "seconds": round(elapsed, 2),
+            "req_per_s": round(requests / elapsed, 1), "p50_ms": round(float(np.percentile(ms, 50)), 2),
+            "p99_ms": round(float(np.percentile(ms, 99)), 2), "errors": errors}
+
+
+def prepare_models(root: Path) -> tuple[Path, Path, list[bytes]]:
+    from kubeforge.compression import Candidate
+    from kubeforge.compression.artifact import save_candidate
+    from kubeforge.compression.onnx_int8 import onnx_int8
+    from kubeforge.config import DataConfig, ModelConfig, TrainConfig
+    from kubeforge.data import load_table, split_table
+    from kubeforge.models import ModelSpec, build_model, save_model
+    from kubeforge.training import set_seed, train_model
+
+    splits = split_table(load_table("digits"), DataConfig())
+    spec = ModelSpec(config=ModelConfig(hidden_sizes=[1024, 1024]), input_dim=64, num_classes=10,
+                     feature_names=splits.feature_names, class_names=splits.class_names,
+                     scaler_mean=splits.scaler.mean.tolist(), scaler_scale=splits.scaler.scale.tolist())
+    set_seed(0)
+    model = build_model(spec)
+    train_model(model, splits.X_train, splits.y_train, splits.X_val, splits.y_val,
+                TrainConfig(epochs=10, learning_rate=1e-3, device="cpu"), root / "training", progress=False)
+    save_model(model, spec, root / "fp32")
+    save_candidate(onnx_int8(Candidate(name="onnx-int8", spec=spec, module=model.eval())), root / "int8")
+    payloads = [json.dumps({"instances": [row.tolist()]}).encode() for row in splits.X_test]
+    return root / "fp32", root / "int8", payloads
+
+
+def start(command: list[str], env: dict, log: Path) -> subprocess.Popen:
+    return subprocess.Popen(command, env={**os.environ, **env}, stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    results: dict[str, list[dict]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        fp32, int8, payloads = prepare_models(root)
+        servers = {
+            "kubeforge (BentoML, ONNX int8)": ([str(Path(sys.executable).parent / "bentoml"), "serve",
+                                                "kubeforge.serving.service:KubeforgeClassifier", "--host",
+                                                "127.0.0.1", "--port", "{port}"],
+                                               {"KUBEFORGE_MODEL_DIR": str(int8), "BENTOML_HOME": str(root / "bh"),
+                                                "KUBEFORGE_SERVE_WORKERS": str(args.workers),
+                                                "KUBEFORGE_SERVE_THREADS": "1",
+                                                "KUBEFORGE_SERVE_MAX_CONCURRENCY": "1024"}),
+            "naive (FastAPI, torch fp32)": ([sys.executable, "-c", NAIVE_SERVER, str(fp32), "{port}"], {}),
+        }
+        for name, (command, env) in servers.items():
+            port = free_port()
+            process = start([str(port) if part == "{port}" else part for part in command], env, root / f"{port}.log")
+            url = f"http://127.0.0.1:{port}"
+            try:
+                wait_ready(url, process)
+                asyncio.run(load(url, payloads, 8, 300))  # warm-up, not recorded
+                results[name] = [asyncio.run(load(url, payloads, clients, args.requests)) for clients in CLIENTS]
+            finally:
+                process.terminate()
+                process.wait(timeout=30)
+    ours, naive = (results[name][-1] for name in servers)
+    ratio = ours["req_per_s"] / naive["req_per_s"]
+    write("serving", {
+        "load_generator": "aiohttp, one digits row per request, same machine (shares the 2 cores)",
+        "results": results, "throughput_ratio_at_64": round(ratio, 2),
+        "meets_target": {"throughput_2x": ratio >= 2.0, "p99_no_worse": ours["p99_ms"] <= naive["p99_ms"],
+                         "zero_errors": ours["errors"] == 0},
+    }, command=f"python -m bench.serving --requests {args.requests} --workers {args.workers}")
+
+
+if __name__ == "__main__":
+    main()

@@ -18,8 +18,64 @@ from kubeforge.training import train_model
 
 
 def check_structured(candidate_model: nn.Module, architecture: str) -> None:
-    if architecture != "mlp":
-        raise CompressionError(f"prune-structured rebuilds MLP layers; model {architecture!r} is not supported")
+    if architecture not in ("mlp", "cnn"):
+        raise CompressionError(f"prune-structured rebuilds mlp and cnn layers; model {architecture!r} is not "
+                               "supported")
+
+
+def _keep(scores: torch.Tensor, fraction: float) -> torch.Tensor:
+    keep = max(1, int(round(len(scores) * (1 - fraction))))
+    return torch.sort(torch.topk(scores, keep).indices).values
+
+
+def _prune_mlp(model: nn.Module, fraction: float) -> dict:
+    layers = [m for m in model.body if isinstance(m, nn.Linear)]
+    new_sizes = []
+    keep_inputs = None
+    for index, layer in enumerate(layers):
+        weight, bias = layer.weight.data, layer.bias.data
+        if keep_inputs is not None:
+            weight = weight[:, keep_inputs]
+        if index < len(layers) - 1:
+            kept = _keep(weight.norm(dim=1) * layers[index + 1].weight.data.norm(dim=0), fraction)  # in and out
+            weight, bias = weight[kept], bias[kept]
+            keep_inputs = kept
+            new_sizes.append(len(kept))
+        position = [i for i, m in enumerate(model.body) if m is layer][0]
+        model.body[position] = _linear(weight, bias)
+    return {"hidden_sizes": new_sizes}
+
+
+def _linear(weight: torch.Tensor, bias: torch.Tensor) -> nn.Linear:
+    rebuilt = nn.Linear(weight.shape[1], weight.shape[0])
+    rebuilt.weight.data.copy_(weight)
+    rebuilt.bias.data.copy_(bias)
+    return rebuilt
+
+
+def _prune_cnn(model: nn.Module, fraction: float) -> dict:
+    """Drop the weakest filters of every conv; the next conv and the head lose the matching inputs."""
+    features = model.body.features
+    convs = [i for i, m in enumerate(features) if isinstance(m, nn.Conv2d)]
+    keep_inputs = None
+    channels = []
+    for position in convs:
+        conv = features[position]
+        weight, bias = conv.weight.data, conv.bias.data
+        if keep_inputs is not None:
+            weight = weight[:, keep_inputs]
+        kept = _keep(weight.flatten(1).norm(dim=1), fraction)
+        rebuilt = nn.Conv2d(weight.shape[1], len(kept), kernel_size=conv.kernel_size, padding=conv.padding)
+        rebuilt.weight.data.copy_(weight[kept])
+        rebuilt.bias.data.copy_(bias[kept])
+        features[position] = rebuilt
+        keep_inputs = kept
+        channels.append(len(kept))
+    head = model.body.head[-1]
+    per_channel = head.in_features // conv.out_channels
+    columns = (keep_inputs[:, None] * per_channel + torch.arange(per_channel)[None, :]).flatten()
+    model.body.head[-1] = _linear(head.weight.data[:, columns], head.bias.data)
+    return {"channels": channels}
 
 
 def _finetune(model: nn.Module, data, epochs: int, seed: int) -> None:
@@ -32,36 +88,19 @@ def _finetune(model: nn.Module, data, epochs: int, seed: int) -> None:
 
 
 def prune_structured(candidate: Candidate, data, fraction: float, finetune_epochs: int, seed: int = 0) -> Candidate:
-    """Drop ``fraction`` of every hidden layer's units with the smallest weight norm, then fine-tune."""
+    """Drop ``fraction`` of every hidden layer's units (mlp) or filters (cnn) with the smallest norm, then fine-tune."""
     if candidate.kind != "torch" or candidate.spec.precision != "fp32":
         raise CompressionError(f"prune-structured needs an fp32 torch model, not {candidate.name}")
     check_structured(candidate.module, candidate.spec.config.model)
     model = copy.deepcopy(candidate.module).cpu().eval()
-    layers = [m for m in model.body if isinstance(m, nn.Linear)]
-    new_sizes = []
-    keep_inputs = None
-    for index, layer in enumerate(layers):
-        weight, bias = layer.weight.data, layer.bias.data
-        if keep_inputs is not None:
-            weight = weight[:, keep_inputs]
-        if index < len(layers) - 1:
-            keep = max(1, int(round(weight.shape[0] * (1 - fraction))))
-            importance = weight.norm(dim=1) * layers[index + 1].weight.data.norm(dim=0)  # in and out influence
-            kept = torch.sort(torch.topk(importance, keep).indices).values
-            weight, bias = weight[kept], bias[kept]
-            keep_inputs = kept
-            new_sizes.append(keep)
-        rebuilt = nn.Linear(weight.shape[1], weight.shape[0])
-        rebuilt.weight.data.copy_(weight)
-        rebuilt.bias.data.copy_(bias)
-        position = [i for i, m in enumerate(model.body) if m is layer][0]
-        model.body[position] = rebuilt
-    spec = candidate.spec.model_copy(update={"config": candidate.spec.config.model_copy(
-        update={"hidden_sizes": new_sizes})})
+    architecture = candidate.spec.config.model
+    changed = _prune_mlp(model, fraction) if architecture == "mlp" else _prune_cnn(model, fraction)
+    spec = candidate.spec.model_copy(update={"config": candidate.spec.config.model_copy(update=changed)})
     _finetune(model, data, finetune_epochs, seed)
     return Candidate(name=candidate.name, spec=spec, module=model.eval(),
-                     notes=candidate.notes + [f"structured: hidden sizes {candidate.spec.config.hidden_sizes} -> "
-                                              f"{new_sizes}, fine-tuned {finetune_epochs} epochs"])
+                     notes=candidate.notes + [f"structured: {name} {getattr(candidate.spec.config, name)} -> {value}, "
+                                              f"fine-tuned {finetune_epochs} epochs"
+                                              for name, value in changed.items()])
 
 
 def _prunable(model: nn.Module) -> list[tuple[nn.Module, str]]:

@@ -44,6 +44,25 @@ def test_structured_pruning_rebuilds_smaller_working_layers(teacher, digits, dat
     assert accuracy(pruned, digits) >= 0.9
 
 
+def test_structured_pruning_removes_cnn_filters(digits, data, tmp_path):
+    from kubeforge.config import TrainConfig
+    from kubeforge.models import build_model
+    from kubeforge.training import set_seed, train_model
+
+    spec = spec_for(digits, model="cnn", channels=[16, 32])
+    set_seed(0)
+    cnn = build_model(spec)
+    train_model(cnn, *data, TrainConfig(epochs=4, device="cpu"), tmp_path / "train", progress=False)
+    teacher = Candidate(name="cnn", spec=spec, module=cnn.eval())
+    pruned = prune_structured(teacher, data, fraction=0.5, finetune_epochs=2)
+    assert pruned.spec.config.channels == [8, 16]
+    assert count_parameters(pruned.module) < count_parameters(cnn) / 2
+    assert accuracy(pruned, digits) >= 0.85
+    save_candidate(pruned, tmp_path / "saved")
+    assert np.allclose(load_predictor(tmp_path / "saved")(digits.X_test), candidate_predictor(pruned)(digits.X_test),
+                       atol=1e-6)
+
+
 def test_unstructured_pruning_reaches_the_requested_sparsity(teacher, digits, data):
     pruned = prune_unstructured(teacher, data, sparsity=0.8, finetune_epochs=2)
     assert 0.79 <= weight_sparsity(pruned.module) <= 0.81

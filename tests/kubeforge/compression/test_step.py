@@ -60,15 +60,16 @@ def test_impossible_chains_are_refused_before_work(run_dirs, methods, message, t
     assert not (tmp_path / "out").exists()
 
 
-def test_structured_pruning_of_a_cnn_is_refused_before_work(run_dirs, digits, tmp_path):
+def test_structured_pruning_of_a_plugin_model_is_refused_before_work(run_dirs, digits, tmp_path):
     from kubeforge.models import build_model
     from tests.kubeforge.conftest import spec_for
 
-    spec = spec_for(digits, model="cnn")
-    save_model(build_model(spec), spec, tmp_path / "cnn")
-    with pytest.raises(CompressionError, match="prune-structured rebuilds MLP layers; model 'cnn'"):
-        compress_step(run_dirs / "splits", tmp_path / "cnn", tmp_path / "out",
+    spec = spec_for(digits, model="tests.kubeforge.plugin_model:TinyNet")
+    save_model(build_model(spec), spec, tmp_path / "plugin")
+    with pytest.raises(CompressionError, match="prune-structured rebuilds mlp and cnn layers; model 'tests"):
+        compress_step(run_dirs / "splits", tmp_path / "plugin", tmp_path / "out",
                       config(compress_methods=["prune-structured"]))
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("values, message", [

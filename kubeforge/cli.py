@@ -151,6 +151,56 @@ def build(
 
 
 @app.command()
+def containerize(
+    context: Annotated[Path, typer.Argument(help="the docker context written by `kubeforge build` (…/context)")],
+    image: Annotated[str, typer.Option("--image", "-t", help="image reference to build")],
+) -> None:
+    """Build the serving image with docker, podman, buildah or buildctl — whichever actually works here."""
+    from kubeforge.serving.containerize import NoBuilderError
+    from kubeforge.serving.containerize import containerize as build_image
+
+    try:
+        builder = build_image(context, image)
+    except FileNotFoundError as exc:
+        fail(str(exc))
+    except NoBuilderError as exc:
+        fail(str(exc), code=1)
+    console.print(f"built {image} with {builder}")
+
+
+@app.command("image-job")
+def image_job(
+    image: Annotated[str, typer.Option("--image", "-t", help="image reference the Job pushes")],
+    namespace: Annotated[str, typer.Option("--namespace", "-n", help="namespace of the build Job")],
+    builder: Annotated[str, typer.Option(help="kaniko or buildkit (rootless)")] = "kaniko",
+    context_pvc: Annotated[str | None, typer.Option(help="PVC holding the build context")] = None,
+    context_subpath: Annotated[str, typer.Option(help="sub-directory of the PVC with the context")] = "",
+    context_uri: Annotated[str | None, typer.Option(help="s3://, gs:// or tar:// context (kaniko)")] = None,
+    registry_secret: Annotated[str, typer.Option(help="dockerconfigjson Secret for the push")] =
+    "registry-credentials",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="write the YAML here (default stdout)")] =
+    None,
+) -> None:
+    """Render a Kubernetes Job that builds and pushes the serving image in the cluster (Kaniko or BuildKit)."""
+    import yaml
+
+    from kubeforge.serving.image_job import render_image_job
+
+    try:
+        job = render_image_job(image, namespace=namespace, builder=builder, context_pvc=context_pvc,
+                               context_subpath=context_subpath, context_uri=context_uri,
+                               registry_secret=registry_secret)
+    except ConfigError as exc:
+        fail(str(exc))
+    text = yaml.safe_dump(job, sort_keys=False)
+    if output:
+        output.write_text(text)
+        console.print(f"wrote {output}")
+    else:
+        print(text, end="")
+
+
+@app.command()
 def serve(
     source: Annotated[Path, typer.Argument(help="a run directory (serves its compressed model, else the trained "
                                                  "one) or a model directory")],

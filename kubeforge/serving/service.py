@@ -79,6 +79,8 @@ def _model_dir() -> str:
     workers=CONFIG.workers,
     traffic={"timeout": CONFIG.timeout_s, "max_concurrency": CONFIG.max_concurrency},
     endpoints={"livez": "/livez", "readyz": "/readyz"},
+    # one log line per request costs more than an int8 inference; request counts and latency are in /metrics
+    logging={"access": {"enabled": False}},
 )
 class KubeforgeClassifier:
     """Validates each request, predicts with the loaded runtime, answers 4xx for bad input and keeps serving."""
@@ -109,7 +111,7 @@ class KubeforgeClassifier:
         return self.load_error is None
 
     @bentoml.api(route="/predict")
-    def predict(self, instances: list[Any]) -> dict:
+    async def predict(self, instances: list[Any]) -> dict:
         """Body ``{"instances": [[...], ...]}`` or named features; returns one prediction per row."""
         if self.runtime is None:
             raise BentoMLException("the model is still loading; retry when /readyz is 200",

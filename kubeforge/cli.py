@@ -226,6 +226,31 @@ def serve(
               {**os.environ, "KUBEFORGE_MODEL_DIR": str(model_dir.resolve())})
 
 
+deploy_app = typer.Typer(no_args_is_help=True, help="Deployment helpers for the kubeforge-serving chart.")
+app.add_typer(deploy_app, name="deploy")
+
+
+@deploy_app.command("values")
+def deploy_values(
+    source: Annotated[Path, typer.Argument(help="a run directory or a model directory")],
+    image: Annotated[str, typer.Option("--image", "-t", help="the serving image (repository:tag or @sha256:...)")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="values file to write")] = Path("values.yaml"),
+    profile: ProfileOption = None,
+    platform_config: PlatformOption = None,
+) -> None:
+    """Write charts/kubeforge-serving values for a run: image, resources and GPU placement from a profile."""
+    from kubeforge.config import ServeConfig
+    from kubeforge.deploy.values import write_values
+    from kubeforge.models import ModelError
+
+    platform = platform_or_fail(platform_config)
+    try:
+        path = write_values(source, output, platform, profile, image, ServeConfig.from_env())
+    except (ConfigError, ModelError) as exc:
+        fail(str(exc))
+    console.print(f"wrote {path}")
+
+
 def main() -> None:
     app()
 

@@ -21,7 +21,7 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-KUBERNETES_VERSION = "v1.34.2"
+KUBERNETES_VERSION = "v1.37.2"  # the current minor release
 SERVICE_MONITOR_CRD = ("github.com/prometheus-operator/prometheus-operator", "v0.85.0",
                        "example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml")
 HTTPROUTE_CRD = ("sigs.k8s.io/gateway-api", "v1.3.0", "config/crd/standard/gateway.networking.k8s.io_httproutes.yaml")

@@ -251,6 +251,47 @@ def deploy_values(
     console.print(f"wrote {path}")
 
 
+tenant_app = typer.Typer(no_args_is_help=True, help="Tenants: namespaces with GPU quotas, written as GitOps overlays.")
+app.add_typer(tenant_app, name="tenant")
+RepoOption = Annotated[Path, typer.Option("--repo", help="root of the GitOps repository (holds manifests/)")]
+
+
+@tenant_app.command("add")
+def tenant_add(
+    name: Annotated[str, typer.Argument(help="tenant name = namespace (DNS-1123 label)")],
+    gpus: Annotated[int, typer.Option(help="GPU quota (requests)")],
+    cpu: Annotated[str, typer.Option(help="CPU quota, e.g. 16 or 500m")],
+    memory: Annotated[str, typer.Option(help="memory quota, e.g. 64Gi")],
+    owner: Annotated[str, typer.Option(help="the tenant's group (RBAC and Argo CD project role)")],
+    gpu_resource: Annotated[str, typer.Option(help="nvidia.com/gpu or a MIG resource")] = "nvidia.com/gpu",
+    force: Annotated[bool, typer.Option(help="overwrite hand-edited files")] = False,
+    repo: RepoOption = Path("."),
+) -> None:
+    """Write the tenant's overlay and Argo CD project; idempotent; commit the result for review."""
+    from kubeforge.deploy.tenants import add_tenant
+
+    try:
+        result = add_tenant(repo, name, gpus=gpus, cpu=cpu, memory=memory, owner=owner, gpu_resource=gpu_resource,
+                            force=force)
+    except ConfigError as exc:
+        fail(str(exc))
+    if not result.written:
+        console.print(f"tenant {name}: unchanged")
+    for path in result.written:
+        console.print(f"wrote {path}")
+
+
+@tenant_app.command("list")
+def tenant_list(repo: RepoOption = Path(".")) -> None:
+    """Tenants in the GitOps repository and their quotas."""
+    from kubeforge.deploy.tenants import list_tenants
+
+    table = Table("tenant", "owner", "GPUs", "CPU", "memory")
+    for tenant in list_tenants(repo):
+        table.add_row(tenant.name, tenant.owner, f"{tenant.gpus} {tenant.gpu_resource}", tenant.cpu, tenant.memory)
+    console.print(table)
+
+
 def main() -> None:
     app()
 

@@ -24,6 +24,8 @@ from referencing.jsonschema import DRAFT202012
 KUBERNETES_VERSION = "v1.37.2"  # the current minor release
 SERVICE_MONITOR_CRD = ("github.com/prometheus-operator/prometheus-operator", "v0.85.0",
                        "example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml")
+ARGOCD_CRDS = tuple(("github.com/argoproj/argo-cd/v3", "v3.5.3", f"manifests/crds/{name}-crd.yaml")
+                    for name in ("application", "applicationset", "appproject"))
 HTTPROUTE_CRD = ("sigs.k8s.io/gateway-api", "v1.3.0", "config/crd/standard/gateway.networking.k8s.io_httproutes.yaml")
 
 

@@ -73,3 +73,21 @@ def test_run_succeeds_and_prints_the_summary(tmp_path):
 def test_serve_refuses_a_directory_without_a_model(tmp_path):
     result = invoke("serve", str(tmp_path))
     assert result.exit_code == 2 and "neither a model directory" in result.output
+
+
+def test_tenant_add_is_idempotent_and_refuses_bad_names(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    manifests = Path(__file__).resolve().parents[2] / "manifests"
+    shutil.copytree(manifests / "tenants" / "base", tmp_path / "manifests" / "tenants" / "base")
+    args = ["tenant", "add", "team-z", "--gpus", "1", "--cpu", "4", "--memory", "8Gi", "--owner", "z",
+            "--repo", str(tmp_path)]
+    assert invoke(*args).exit_code == 0
+    again = invoke(*args)
+    assert again.exit_code == 0 and "unchanged" in again.output
+    bad = invoke("tenant", "add", "Team_Z", "--gpus", "1", "--cpu", "4", "--memory", "8Gi", "--owner", "z",
+                 "--repo", str(tmp_path))
+    assert bad.exit_code == 2 and "not a DNS-1123 label" in bad.output
+    listed = invoke("tenant", "list", "--repo", str(tmp_path))
+    assert "team-z" in listed.output and "8Gi" in listed.output

@@ -1,0 +1,205 @@
+"""Tenant onboarding as a reviewed git change: `kubeforge tenant add` writes a kustomize overlay (namespace, owner
+group, quota) plus the tenant's Argo CD project and app set; nothing is applied with kubectl.
+
+Files are generated deterministically, so a second identical call changes no byte; a hand-edited file is never
+overwritten without ``force``, and the refusal shows the diff.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from kubeforge.config import ConfigError
+
+RESERVED = {"default", "kube-system", "kube-public", "kube-node-lease", "kubeflow", "argocd", "base", "monitoring",
+            "ingress-nginx"}
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_QUANTITY = re.compile(r"^(?P<number>[0-9]+(\.[0-9]+)?)(?P<suffix>m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+_FACTORS = {"": 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
+            "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+_GPU_RESOURCE = re.compile(r"^nvidia\.com/(gpu|mig-[0-9]+g\.[0-9]+gb)$")
+HEADER = "# Written by `kubeforge tenant add`; change it with the same command (--force overwrites hand edits).\n"
+DEFAULT_REPO_URL = "https://git.example.com/platform/kubeforge-gitops.git"
+
+
+class TenantError(ConfigError):
+    """A tenant request was refused; nothing was written."""
+
+
+@dataclass(frozen=True)
+class TenantInfo:
+    name: str
+    owner: str
+    gpus: int
+    gpu_resource: str
+    cpu: str
+    memory: str
+
+
+@dataclass(frozen=True)
+class TenantResult:
+    tenant: TenantInfo
+    written: list[str]
+    unchanged: list[str]
+
+
+def parse_quantity(value: str, what: str) -> float:
+    """A Kubernetes quantity as a number (cores, bytes); negative or malformed values are refused by name."""
+    text = str(value).strip()
+    if text.startswith("-"):
+        raise TenantError(f"{what} must not be negative: {text!r}")
+    match = _QUANTITY.match(text)
+    if not match:
+        raise TenantError(f"{what} {text!r} is not a Kubernetes quantity (e.g. 8, 500m, 64Gi)")
+    return float(match["number"]) * _FACTORS[match["suffix"] or ""]
+
+
+def validate_name(name: str) -> None:
+    if not _DNS_LABEL.match(name) or len(name) > 63:
+        raise TenantError(f"tenant name {name!r} is not a DNS-1123 label (lowercase letters, digits, '-', "
+                          "at most 63 characters, starting and ending with a letter or digit)")
+    if name in RESERVED or name.startswith("kube-"):
+        raise TenantError(f"tenant name {name!r} is reserved")
+
+
+def _hard(info: TenantInfo) -> dict[str, str]:
+    cpu, memory = parse_quantity(info.cpu, "cpu"), parse_quantity(info.memory, "memory")
+    del cpu, memory  # validated; the quota keeps the tenant's own spelling
+    return {f"requests.{info.gpu_resource}": str(info.gpus), "requests.cpu": info.cpu, "limits.cpu": info.cpu,
+            "requests.memory": info.memory, "limits.memory": info.memory, "pods": "100",
+            "requests.storage": "500Gi"}
+
+
+def _overlay(info: TenantInfo) -> str:
+    patches = [
+        {"target": {"kind": "Namespace", "name": "TENANT"},
+         "patch": json.dumps([{"op": "replace", "path": "/metadata/name", "value": info.name}])},
+        {"target": {"kind": "ResourceQuota", "name": "kubeforge-quota"},
+         "patch": json.dumps([{"op": "replace", "path": "/spec/hard", "value": _hard(info)}])},
+        {"target": {"kind": "RoleBinding", "name": "kubeforge-tenant"},
+         "patch": json.dumps([{"op": "replace", "path": "/subjects/0/name", "value": info.owner}])},
+    ]
+    kustomization = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+                     "namespace": info.name, "resources": ["../base"], "patches": patches,
+                     "labels": [{"pairs": {"kubeforge.io/tenant": info.name}, "includeSelectors": False}]}
+    return HEADER + yaml.safe_dump(kustomization, sort_keys=False, width=1000)
+
+
+def _repo_url(root: Path) -> str:
+    platform = root / "manifests" / "argocd" / "platform.yaml"
+    if platform.is_file():
+        for document in yaml.safe_load_all(platform.read_text()):
+            if document and document.get("kind") == "AppProject":
+                return document["spec"]["sourceRepos"][0]
+    return DEFAULT_REPO_URL
+
+
+def _argocd(info: TenantInfo, repo_url: str) -> str:
+    project = {"apiVersion": "argoproj.io/v1alpha1", "kind": "AppProject",
+               "metadata": {"name": info.name, "namespace": "argocd"},
+               "spec": {"description": f"serving releases of tenant {info.name}", "sourceRepos": [repo_url],
+                        "destinations": [{"server": "https://kubernetes.default.svc", "namespace": info.name}],
+                        "clusterResourceWhitelist": [],
+                        "roles": [{"name": "owners", "groups": [info.owner],
+                                   "policies": [f"p, proj:{info.name}:owners, applications, *, {info.name}/*, "
+                                                "allow"]}]}}
+    apps = {"apiVersion": "argoproj.io/v1alpha1", "kind": "ApplicationSet",
+            "metadata": {"name": f"apps-{info.name}", "namespace": "argocd"},
+            "spec": {"goTemplate": True, "goTemplateOptions": ["missingkey=error"],
+                     "generators": [{"git": {"repoURL": repo_url, "revision": "main",
+                                             "directories": [{"path": f"manifests/apps/{info.name}/*"}]}}],
+                     "template": {"metadata": {"name": f"{info.name}-{{{{.path.basename}}}}"},
+                                  "spec": {"project": info.name,  # fixed: a path can never pick another project
+                                           "source": {"repoURL": repo_url, "targetRevision": "main",
+                                                      "path": "{{.path.path}}"},
+                                           "destination": {"server": "https://kubernetes.default.svc",
+                                                           "namespace": info.name},
+                                           "syncPolicy": {"automated": {"prune": True, "selfHeal": True}}}}}}
+    return HEADER + yaml.safe_dump_all([project, apps], sort_keys=False, width=1000)
+
+
+def _with_resource(path: Path, entry: str) -> str:
+    data = yaml.safe_load(path.read_text()) if path.is_file() else {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "resources": []}
+    resources = sorted(set(data.get("resources") or []) | {entry})
+    data["resources"] = resources
+    comment = "".join(line + "\n" for line in path.read_text().splitlines() if line.startswith("#")) \
+        if path.is_file() else ""
+    return comment + yaml.safe_dump(data, sort_keys=False)
+
+
+def add_tenant(repo_root: str | Path, name: str, *, gpus: int, cpu: str, memory: str, owner: str,
+               gpu_resource: str = "nvidia.com/gpu", force: bool = False) -> TenantResult:
+    """Write (or confirm) the tenant's overlay and Argo CD objects; every check runs before anything is written."""
+    root = Path(repo_root)
+    validate_name(name)
+    if not isinstance(gpus, int) or isinstance(gpus, bool) or gpus < 0:
+        raise TenantError(f"gpus must be a non-negative integer, got {gpus!r}")
+    parse_quantity(cpu, "cpu")
+    parse_quantity(memory, "memory")
+    if not owner.strip():
+        raise TenantError("owner (the tenant's group) must not be empty")
+    if not _GPU_RESOURCE.match(gpu_resource):
+        raise TenantError(f"gpu resource {gpu_resource!r} is not nvidia.com/gpu or a MIG resource "
+                          "(nvidia.com/mig-<n>g.<m>gb)")
+    if not (root / "manifests" / "tenants" / "base" / "kustomization.yaml").is_file():
+        raise TenantError(f"{root} has no manifests/tenants/base; run this in the GitOps repository")
+    info = TenantInfo(name=name, owner=owner, gpus=gpus, gpu_resource=gpu_resource, cpu=cpu, memory=memory)
+    planned = {
+        root / "manifests" / "tenants" / name / "kustomization.yaml": _overlay(info),
+        root / "manifests" / "argocd" / "tenants" / f"{name}.yaml": _argocd(info, _repo_url(root)),
+        root / "manifests" / "tenants" / "kustomization.yaml":
+            _with_resource(root / "manifests" / "tenants" / "kustomization.yaml", name),
+        root / "manifests" / "argocd" / "kustomization.yaml":
+            _with_resource(root / "manifests" / "argocd" / "kustomization.yaml", f"tenants/{name}.yaml"),
+    }
+    conflicts = []
+    for path, content in planned.items():
+        generated = path.name != "kustomization.yaml" or path.parent.name == name
+        if generated and path.is_file() and path.read_text() != content and not force:
+            diff = "".join(difflib.unified_diff(path.read_text().splitlines(True), content.splitlines(True),
+                                                f"{path} (current)", f"{path} (kubeforge)"))
+            conflicts.append(diff)
+    if conflicts:
+        raise TenantError(f"tenant {name!r} exists with different or hand-edited files; rerun with --force to "
+                          "overwrite:\n" + "\n".join(conflicts))
+    written, unchanged = [], []
+    for path, content in planned.items():
+        if path.is_file() and path.read_text() == content:
+            unchanged.append(str(path.relative_to(root)))
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content)
+        written.append(str(path.relative_to(root)))
+    return TenantResult(tenant=info, written=written, unchanged=unchanged)
+
+
+def list_tenants(repo_root: str | Path) -> list[TenantInfo]:
+    tenants = []
+    for overlay in sorted((Path(repo_root) / "manifests" / "tenants").glob("*/kustomization.yaml")):
+        if overlay.parent.name == "base":
+            continue
+        data = yaml.safe_load(overlay.read_text())
+        patches = {p["target"]["kind"]: json.loads(p["patch"])[0]["value"] for p in data.get("patches", [])}
+        hard = patches.get("ResourceQuota", {})
+        gpu_key = next((k for k in hard if k.startswith("requests.nvidia.com/")), "requests.nvidia.com/gpu")
+        tenants.append(TenantInfo(name=overlay.parent.name, owner=patches.get("RoleBinding", "?"),
+                                  gpus=int(hard.get(gpu_key, 0)), gpu_resource=gpu_key.removeprefix("requests."),
+                                  cpu=hard.get("requests.cpu", "?"), memory=hard.get("requests.memory", "?")))
+    return tenants
+
+
+def total_quota(tenants: list[TenantInfo]) -> dict[str, float]:
+    """Sum of the tenants' quotas (cores, bytes, GPUs per resource): what the cluster must hold to honour them all."""
+    totals: dict[str, float] = {"cpu": 0.0, "memory": 0.0}
+    for tenant in tenants:
+        totals["cpu"] += parse_quantity(tenant.cpu, "cpu")
+        totals["memory"] += parse_quantity(tenant.memory, "memory")
+        totals[tenant.gpu_resource] = totals.get(tenant.gpu_resource, 0) + tenant.gpus
+    return totals

@@ -1,0 +1,95 @@
+import shutil
+from pathlib import Path
+
+import pytest
+
+from kubeforge.deploy.tenants import TenantError, add_tenant, list_tenants, parse_quantity, total_quota
+
+MANIFESTS = Path(__file__).resolve().parents[3] / "manifests"
+
+
+@pytest.fixture
+def repo(tmp_path):
+    shutil.copytree(MANIFESTS / "tenants" / "base", tmp_path / "manifests" / "tenants" / "base")
+    shutil.copytree(MANIFESTS / "argocd", tmp_path / "manifests" / "argocd",
+                    ignore=shutil.ignore_patterns("tenants"))
+    (tmp_path / "manifests" / "argocd" / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n- platform.yaml\n")
+    return tmp_path
+
+
+def add(repo, name="team-x", **kwargs):
+    return add_tenant(repo, name, **{"gpus": 2, "cpu": "16", "memory": "64Gi", "owner": "team-x-devs", **kwargs})
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_add_then_list(repo):
+    result = add(repo)
+    assert "manifests/tenants/team-x/kustomization.yaml" in result.written
+    (tenant,) = list_tenants(repo)
+    assert (tenant.name, tenant.owner, tenant.gpus, tenant.cpu, tenant.memory) == (
+        "team-x", "team-x-devs", 2, "16", "64Gi")
+
+
+def test_second_identical_add_changes_nothing(repo):
+    add(repo)
+    before = snapshot(repo)
+    result = add(repo)
+    assert result.written == [] and len(result.unchanged) == 4
+    assert snapshot(repo) == before
+
+
+def test_hand_edits_are_refused_with_a_diff_unless_forced(repo):
+    add(repo)
+    overlay = repo / "manifests" / "tenants" / "team-x" / "kustomization.yaml"
+    overlay.write_text(overlay.read_text().replace('"16"', '"99"'))
+    edited = snapshot(repo)
+    with pytest.raises(TenantError, match=r"(?s)rerun with --force.*-.*\"99\".*\+.*\"16\""):
+        add(repo)
+    assert snapshot(repo) == edited  # nothing written
+    add(repo, force=True)
+    assert '"99"' not in overlay.read_text()
+
+
+@pytest.mark.parametrize("name, message", [
+    ("Team_A", "is not a DNS-1123 label"),
+    ("-team", "is not a DNS-1123 label"),
+    ("a" * 64, "is not a DNS-1123 label"),
+    ("kube-system", "is reserved"),
+    ("default", "is reserved"),
+])
+def test_invalid_names(repo, name, message):
+    with pytest.raises(TenantError, match=message):
+        add(repo, name)
+    assert not (repo / "manifests" / "tenants" / name).exists()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"gpus": -1}, "gpus must be a non-negative integer"),
+    ({"cpu": "-4"}, "cpu must not be negative"),
+    ({"cpu": "lots"}, "cpu 'lots' is not a Kubernetes quantity"),
+    ({"memory": "64GB"}, "memory '64GB' is not a Kubernetes quantity"),
+    ({"owner": " "}, "owner .* must not be empty"),
+    ({"gpu_resource": "amd.com/gpu"}, "is not nvidia.com/gpu or a MIG resource"),
+])
+def test_invalid_quantities(repo, kwargs, message):
+    with pytest.raises(TenantError, match=message):
+        add(repo, **kwargs)
+
+
+def test_outside_a_gitops_repo(tmp_path):
+    with pytest.raises(TenantError, match="has no manifests/tenants/base"):
+        add(tmp_path)
+
+
+def test_quota_arithmetic(repo):
+    assert parse_quantity("500m", "cpu") == 0.5
+    assert parse_quantity("64Gi", "memory") == 64 * 2**30
+    assert parse_quantity("1.5k", "x") == 1500
+    add(repo, "team-x")
+    add(repo, "team-y", gpus=1, cpu="500m", memory="1Gi", gpu_resource="nvidia.com/mig-1g.10gb")
+    totals = total_quota(list_tenants(repo))
+    assert totals == {"cpu": 16.5, "memory": 65 * 2**30, "nvidia.com/gpu": 2, "nvidia.com/mig-1g.10gb": 1}

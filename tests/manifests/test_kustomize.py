@@ -1,0 +1,56 @@
+"""Every overlay and cluster entry point builds with `kubectl kustomize` and validates strictly offline."""
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kubeforge.deploy.schemas import ARGOCD_CRDS, validate_objects
+
+MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
+ENTRY_POINTS = sorted(p.parent for p in MANIFESTS.rglob("kustomization.yaml") if p.parent.name != "base")
+
+
+def build(path: Path) -> list[dict]:
+    done = subprocess.run(["kubectl", "kustomize", str(path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return [o for o in yaml.safe_load_all(done.stdout) if o]
+
+
+@pytest.mark.parametrize("path", ENTRY_POINTS, ids=[str(p.relative_to(MANIFESTS)) for p in ENTRY_POINTS])
+def test_builds_and_validates(path):
+    objects = build(path)
+    assert objects
+    assert validate_objects(objects, ARGOCD_CRDS) == []
+
+
+def test_tenant_overlay_is_namespaced_with_its_quota_and_owner():
+    objects = build(MANIFESTS / "tenants" / "team-a")
+    (namespace,) = [o for o in objects if o["kind"] == "Namespace"]
+    assert namespace["metadata"]["name"] == "team-a"
+    assert namespace["metadata"]["labels"]["pipelines.kubeflow.org/enabled"] == "true"
+    namespaced = [o for o in objects if o["kind"] != "Namespace"]
+    assert {o["metadata"]["namespace"] for o in namespaced} == {"team-a"}
+    (quota,) = [o for o in objects if o["kind"] == "ResourceQuota"]
+    assert quota["spec"]["hard"]["requests.nvidia.com/gpu"] == "4"
+    (binding,) = [o for o in objects if o["kind"] == "RoleBinding"]
+    assert binding["subjects"][0]["name"] == "team-a-engineers"
+    kinds = {o["kind"] for o in objects}
+    assert {"LimitRange", "NetworkPolicy", "Role", "ServiceAccount"} <= kinds
+
+
+def test_mig_tenant_quota_uses_the_mig_resource():
+    (quota,) = [o for o in build(MANIFESTS / "tenants" / "team-b") if o["kind"] == "ResourceQuota"]
+    assert quota["spec"]["hard"]["requests.nvidia.com/mig-1g.10gb"] == "2"
+    assert "requests.nvidia.com/gpu" not in quota["spec"]["hard"]
+
+
+def test_app_sets_fix_the_project_per_tenant():
+    objects = build(MANIFESTS / "argocd")
+    app_sets = {o["metadata"]["name"]: o for o in objects if o["kind"] == "ApplicationSet"}
+    assert app_sets["apps-team-a"]["spec"]["template"]["spec"]["project"] == "team-a"
+    assert "{{" not in app_sets["apps-team-a"]["spec"]["template"]["spec"]["project"]
+    projects = {o["metadata"]["name"]: o for o in objects if o["kind"] == "AppProject"}
+    assert projects["team-a"]["spec"]["destinations"] == [{"server": "https://kubernetes.default.svc",
+                                                           "namespace": "team-a"}]

@@ -292,6 +292,32 @@ def tenant_list(repo: RepoOption = Path(".")) -> None:
     console.print(table)
 
 
+@app.command()
+def promote(
+    run_dir: Annotated[Path, typer.Argument(help="the run directory to promote")],
+    tenant: Annotated[str, typer.Option(help="tenant (namespace) that serves it")],
+    env: Annotated[str, typer.Option(help="environment, e.g. dev or prod")],
+    image: Annotated[str, typer.Option("--image", "-t", help="the serving image built from this run")],
+    repo: RepoOption = Path("."),
+    app_name: Annotated[str, typer.Option("--app", help="application name under apps/<tenant>/")] = "classifier",
+    profile: ProfileOption = None,
+    push: Annotated[bool, typer.Option(help="git push after committing")] = False,
+    platform_config: PlatformOption = None,
+) -> None:
+    """Write the serving values for TENANT/ENV and commit them with the run's evidence in the message."""
+    from kubeforge.deploy.gitops import promote as promote_run
+    from kubeforge.models import ModelError
+
+    platform = platform_or_fail(platform_config)
+    try:
+        result = promote_run(run_dir, tenant=tenant, env=env, repo=repo, image=image, platform=platform,
+                             profile=profile, app=app_name, push=push)
+    except (ConfigError, ModelError) as exc:
+        fail(str(exc))
+    console.print(f"committed {result.commit[:12]} {result.path}" + (" and pushed" if result.pushed else ""))
+    console.print(result.message, highlight=False)
+
+
 def main() -> None:
     app()
 

@@ -264,6 +264,8 @@ def tenant_add(
     memory: Annotated[str, typer.Option(help="memory quota, e.g. 64Gi")],
     owner: Annotated[str, typer.Option(help="the tenant's group (RBAC and Argo CD project role)")],
     gpu_resource: Annotated[str, typer.Option(help="nvidia.com/gpu or a MIG resource")] = "nvidia.com/gpu",
+    kubeflow: Annotated[bool, typer.Option(help="a Kubeflow Profile creates the namespace (Kubeflow clusters)")] =
+    False,
     force: Annotated[bool, typer.Option(help="overwrite hand-edited files")] = False,
     repo: RepoOption = Path("."),
 ) -> None:
@@ -272,7 +274,7 @@ def tenant_add(
 
     try:
         result = add_tenant(repo, name, gpus=gpus, cpu=cpu, memory=memory, owner=owner, gpu_resource=gpu_resource,
-                            force=force)
+                            kubeflow=kubeflow, force=force)
     except ConfigError as exc:
         fail(str(exc))
     if not result.written:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,7 @@ class TenantInfo:
     gpu_resource: str
     cpu: str
     memory: str
+    kubeflow: bool = False
 
 
 @dataclass(frozen=True)
@@ -76,17 +78,33 @@ def _hard(info: TenantInfo) -> dict[str, str]:
             "requests.storage": "500Gi"}
 
 
-def _overlay(info: TenantInfo) -> str:
+def _namespace(info: TenantInfo) -> str:
+    """A plain labelled Namespace, or a Kubeflow Profile (its controller creates and labels the namespace)."""
+    if info.kubeflow:
+        document = {"apiVersion": "kubeflow.org/v1", "kind": "Profile", "metadata": {"name": info.name},
+                    "spec": {"owner": {"kind": "Group", "apiGroup": "rbac.authorization.k8s.io", "name": info.owner},
+                             "resourceQuotaSpec": {"hard": _hard(info)}}}
+    else:
+        document = {"apiVersion": "v1", "kind": "Namespace",
+                    "metadata": {"name": info.name, "labels": {"pipelines.kubeflow.org/enabled": "true",
+                                                               "pod-security.kubernetes.io/enforce": "restricted",
+                                                               "app.kubernetes.io/part-of": "kubeforge"}}}
+    return HEADER + yaml.safe_dump(document, sort_keys=False)
+
+
+NAMESPACE_FILES = {False: "namespace.yaml", True: "profile.yaml"}
+
+
+def _overlay(info: TenantInfo, base: str, extra: list[str]) -> str:
     patches = [
-        {"target": {"kind": "Namespace", "name": "TENANT"},
-         "patch": json.dumps([{"op": "replace", "path": "/metadata/name", "value": info.name}])},
         {"target": {"kind": "ResourceQuota", "name": "kubeforge-quota"},
          "patch": json.dumps([{"op": "replace", "path": "/spec/hard", "value": _hard(info)}])},
         {"target": {"kind": "RoleBinding", "name": "kubeforge-tenant"},
          "patch": json.dumps([{"op": "replace", "path": "/subjects/0/name", "value": info.owner}])},
     ]
     kustomization = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-                     "namespace": info.name, "resources": ["../base"], "patches": patches,
+                     "namespace": info.name, "resources": [base, *extra],
+                     "patches": patches,
                      "labels": [{"pairs": {"kubeforge.io/tenant": info.name}, "includeSelectors": False}]}
     return HEADER + yaml.safe_dump(kustomization, sort_keys=False, width=1000)
 
@@ -135,7 +153,7 @@ def _with_resource(path: Path, entry: str) -> str:
 
 
 def add_tenant(repo_root: str | Path, name: str, *, gpus: int, cpu: str, memory: str, owner: str,
-               gpu_resource: str = "nvidia.com/gpu", force: bool = False) -> TenantResult:
+               gpu_resource: str = "nvidia.com/gpu", kubeflow: bool = False, force: bool = False) -> TenantResult:
     """Write (or confirm) the tenant's overlay and Argo CD objects; every check runs before anything is written."""
     root = Path(repo_root)
     validate_name(name)
@@ -150,9 +168,24 @@ def add_tenant(repo_root: str | Path, name: str, *, gpus: int, cpu: str, memory:
                           "(nvidia.com/mig-<n>g.<m>gb)")
     if not (root / "manifests" / "tenants" / "base" / "kustomization.yaml").is_file():
         raise TenantError(f"{root} has no manifests/tenants/base; run this in the GitOps repository")
-    info = TenantInfo(name=name, owner=owner, gpus=gpus, gpu_resource=gpu_resource, cpu=cpu, memory=memory)
+    info = TenantInfo(name=name, owner=owner, gpus=gpus, gpu_resource=gpu_resource, cpu=cpu, memory=memory,
+                      kubeflow=kubeflow)
+    overlay_dir = root / "manifests" / "tenants" / name
+    if (overlay_dir / NAMESPACE_FILES[not kubeflow]).is_file() and not force:
+        raise TenantError(f"tenant {name!r} exists {'without' if kubeflow else 'with'} a Kubeflow Profile; "
+                          "rerun with --force to switch")
+    if kubeflow:
+        # kustomize does not know Profile is cluster-scoped and would namespace it: keep it one level up
+        overlay = {overlay_dir / "namespaced" / "kustomization.yaml": _overlay(info, "../../base", []),
+                   overlay_dir / "kustomization.yaml": HEADER + yaml.safe_dump(
+                       {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+                        "resources": ["namespaced", "profile.yaml"]}, sort_keys=False),
+                   overlay_dir / "profile.yaml": _namespace(info)}
+    else:
+        overlay = {overlay_dir / "kustomization.yaml": _overlay(info, "../base", ["namespace.yaml"]),
+                   overlay_dir / "namespace.yaml": _namespace(info)}
     planned = {
-        root / "manifests" / "tenants" / name / "kustomization.yaml": _overlay(info),
+        **overlay,
         root / "manifests" / "argocd" / "tenants" / f"{name}.yaml": _argocd(info, _repo_url(root)),
         root / "manifests" / "tenants" / "kustomization.yaml":
             _with_resource(root / "manifests" / "tenants" / "kustomization.yaml", name),
@@ -161,7 +194,7 @@ def add_tenant(repo_root: str | Path, name: str, *, gpus: int, cpu: str, memory:
     }
     conflicts = []
     for path, content in planned.items():
-        generated = path.name != "kustomization.yaml" or path.parent.name == name
+        generated = overlay_dir in path.parents or path.name != "kustomization.yaml"
         if generated and path.is_file() and path.read_text() != content and not force:
             diff = "".join(difflib.unified_diff(path.read_text().splitlines(True), content.splitlines(True),
                                                 f"{path} (current)", f"{path} (kubeforge)"))
@@ -170,6 +203,9 @@ def add_tenant(repo_root: str | Path, name: str, *, gpus: int, cpu: str, memory:
         raise TenantError(f"tenant {name!r} exists with different or hand-edited files; rerun with --force to "
                           "overwrite:\n" + "\n".join(conflicts))
     written, unchanged = [], []
+    (overlay_dir / NAMESPACE_FILES[not kubeflow]).unlink(missing_ok=True)  # only reachable with --force
+    if not kubeflow:
+        shutil.rmtree(overlay_dir / "namespaced", ignore_errors=True)
     for path, content in planned.items():
         if path.is_file() and path.read_text() == content:
             unchanged.append(str(path.relative_to(root)))
@@ -185,13 +221,15 @@ def list_tenants(repo_root: str | Path) -> list[TenantInfo]:
     for overlay in sorted((Path(repo_root) / "manifests" / "tenants").glob("*/kustomization.yaml")):
         if overlay.parent.name == "base":
             continue
-        data = yaml.safe_load(overlay.read_text())
+        patched = overlay.parent / "namespaced" / "kustomization.yaml"
+        data = yaml.safe_load((patched if patched.is_file() else overlay).read_text())
         patches = {p["target"]["kind"]: json.loads(p["patch"])[0]["value"] for p in data.get("patches", [])}
         hard = patches.get("ResourceQuota", {})
         gpu_key = next((k for k in hard if k.startswith("requests.nvidia.com/")), "requests.nvidia.com/gpu")
         tenants.append(TenantInfo(name=overlay.parent.name, owner=patches.get("RoleBinding", "?"),
                                   gpus=int(hard.get(gpu_key, 0)), gpu_resource=gpu_key.removeprefix("requests."),
-                                  cpu=hard.get("requests.cpu", "?"), memory=hard.get("requests.memory", "?")))
+                                  cpu=hard.get("requests.cpu", "?"), memory=hard.get("requests.memory", "?"),
+                                  kubeflow=(overlay.parent / NAMESPACE_FILES[True]).is_file()))
     return tenants
 
 

@@ -54,3 +54,22 @@ def test_app_sets_fix_the_project_per_tenant():
     projects = {o["metadata"]["name"]: o for o in objects if o["kind"] == "AppProject"}
     assert projects["team-a"]["spec"]["destinations"] == [{"server": "https://kubernetes.default.svc",
                                                            "namespace": "team-a"}]
+
+
+def test_kubeflow_tenant_gets_a_profile_instead_of_a_namespace(tmp_path):
+    """No published Go module ships the Kubeflow Profile CRD, so its shape is asserted here; the other objects are
+    validated strictly. The cluster tests install the CRD to have the API server check it."""
+    import shutil
+
+    from kubeforge.deploy.tenants import add_tenant
+
+    shutil.copytree(MANIFESTS / "tenants" / "base", tmp_path / "manifests" / "tenants" / "base")
+    add_tenant(tmp_path, "team-kf", gpus=1, cpu="4", memory="16Gi", owner="team-kf-engineers", kubeflow=True)
+    objects = build(tmp_path / "manifests" / "tenants" / "team-kf")
+    (profile,) = [o for o in objects if o["kind"] == "Profile"]
+    assert not [o for o in objects if o["kind"] == "Namespace"]
+    assert profile["metadata"]["name"] == "team-kf" and "namespace" not in profile["metadata"]
+    assert profile["spec"]["owner"] == {"kind": "Group", "apiGroup": "rbac.authorization.k8s.io",
+                                        "name": "team-kf-engineers"}
+    assert profile["spec"]["resourceQuotaSpec"]["hard"]["requests.nvidia.com/gpu"] == "1"
+    assert validate_objects([o for o in objects if o["kind"] != "Profile"]) == []

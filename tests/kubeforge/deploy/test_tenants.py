@@ -38,7 +38,7 @@ def test_second_identical_add_changes_nothing(repo):
     add(repo)
     before = snapshot(repo)
     result = add(repo)
-    assert result.written == [] and len(result.unchanged) == 4
+    assert result.written == [] and len(result.unchanged) == 5
     assert snapshot(repo) == before
 
 
@@ -78,6 +78,17 @@ def test_invalid_names(repo, name, message):
 def test_invalid_quantities(repo, kwargs, message):
     with pytest.raises(TenantError, match=message):
         add(repo, **kwargs)
+
+
+def test_switching_to_a_kubeflow_profile_needs_force(repo):
+    add(repo)
+    with pytest.raises(TenantError, match="exists without a Kubeflow Profile; rerun with --force"):
+        add(repo, kubeflow=True)
+    add(repo, kubeflow=True, force=True)
+    overlay = repo / "manifests" / "tenants" / "team-x"
+    assert (overlay / "profile.yaml").is_file() and not (overlay / "namespace.yaml").exists()
+    assert (overlay / "namespaced" / "kustomization.yaml").is_file()
+    assert list_tenants(repo)[0].kubeflow
 
 
 def test_outside_a_gitops_repo(tmp_path):

@@ -266,6 +266,8 @@ def tenant_add(
     gpu_resource: Annotated[str, typer.Option(help="nvidia.com/gpu or a MIG resource")] = "nvidia.com/gpu",
     kubeflow: Annotated[bool, typer.Option(help="a Kubeflow Profile creates the namespace (Kubeflow clusters)")] =
     False,
+    queue: Annotated[bool, typer.Option(help="add a Kueue LocalQueue 'default' in the platform ClusterQueue")] =
+    False,
     force: Annotated[bool, typer.Option(help="overwrite hand-edited files")] = False,
     repo: RepoOption = Path("."),
 ) -> None:
@@ -274,7 +276,7 @@ def tenant_add(
 
     try:
         result = add_tenant(repo, name, gpus=gpus, cpu=cpu, memory=memory, owner=owner, gpu_resource=gpu_resource,
-                            kubeflow=kubeflow, force=force)
+                            kubeflow=kubeflow, queue=queue, force=force)
     except ConfigError as exc:
         fail(str(exc))
     if not result.written:

@@ -26,6 +26,8 @@ SERVICE_MONITOR_CRD = ("github.com/prometheus-operator/prometheus-operator", "v0
                        "example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml")
 ARGOCD_CRDS = tuple(("github.com/argoproj/argo-cd/v3", "v3.5.3", f"manifests/crds/{name}-crd.yaml")
                     for name in ("application", "applicationset", "appproject"))
+KUEUE_CRDS = tuple(("sigs.k8s.io/kueue", "v0.17.0", f"config/components/crd/bases/kueue.x-k8s.io_{name}.yaml")
+                  for name in ("resourceflavors", "clusterqueues", "localqueues"))
 HTTPROUTE_CRD = ("sigs.k8s.io/gateway-api", "v1.3.0", "config/crd/standard/gateway.networking.k8s.io_httproutes.yaml")
 
 

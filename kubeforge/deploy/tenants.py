@@ -42,6 +42,7 @@ class TenantInfo:
     cpu: str
     memory: str
     kubeflow: bool = False
+    queue: bool = False
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,15 @@ def _namespace(info: TenantInfo) -> str:
 
 
 NAMESPACE_FILES = {False: "namespace.yaml", True: "profile.yaml"}
+LOCAL_QUEUE_FILE = "localqueue.yaml"
+CLUSTER_QUEUE = "kubeforge-gpu"  # manifests/platform/components/kueue
+
+
+def _local_queue(info: TenantInfo) -> str:
+    """Workloads labelled kueue.x-k8s.io/queue-name: default queue in the platform's ClusterQueue."""
+    return HEADER + yaml.safe_dump({"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "LocalQueue",
+                                    "metadata": {"name": "default"}, "spec": {"clusterQueue": CLUSTER_QUEUE}},
+                                   sort_keys=False)
 
 
 def _overlay(info: TenantInfo, base: str, extra: list[str]) -> str:
@@ -153,7 +163,8 @@ def _with_resource(path: Path, entry: str) -> str:
 
 
 def add_tenant(repo_root: str | Path, name: str, *, gpus: int, cpu: str, memory: str, owner: str,
-               gpu_resource: str = "nvidia.com/gpu", kubeflow: bool = False, force: bool = False) -> TenantResult:
+               gpu_resource: str = "nvidia.com/gpu", kubeflow: bool = False, queue: bool = False,
+               force: bool = False) -> TenantResult:
     """Write (or confirm) the tenant's overlay and Argo CD objects; every check runs before anything is written."""
     root = Path(repo_root)
     validate_name(name)
@@ -169,21 +180,24 @@ def add_tenant(repo_root: str | Path, name: str, *, gpus: int, cpu: str, memory:
     if not (root / "manifests" / "tenants" / "base" / "kustomization.yaml").is_file():
         raise TenantError(f"{root} has no manifests/tenants/base; run this in the GitOps repository")
     info = TenantInfo(name=name, owner=owner, gpus=gpus, gpu_resource=gpu_resource, cpu=cpu, memory=memory,
-                      kubeflow=kubeflow)
+                      kubeflow=kubeflow, queue=queue)
+    queued = [LOCAL_QUEUE_FILE] if queue else []
     overlay_dir = root / "manifests" / "tenants" / name
     if (overlay_dir / NAMESPACE_FILES[not kubeflow]).is_file() and not force:
         raise TenantError(f"tenant {name!r} exists {'without' if kubeflow else 'with'} a Kubeflow Profile; "
                           "rerun with --force to switch")
     if kubeflow:
         # kustomize does not know Profile is cluster-scoped and would namespace it: keep it one level up
-        overlay = {overlay_dir / "namespaced" / "kustomization.yaml": _overlay(info, "../../base", []),
+        overlay = {overlay_dir / "namespaced" / "kustomization.yaml": _overlay(info, "../../base", queued),
                    overlay_dir / "kustomization.yaml": HEADER + yaml.safe_dump(
                        {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
                         "resources": ["namespaced", "profile.yaml"]}, sort_keys=False),
                    overlay_dir / "profile.yaml": _namespace(info)}
     else:
-        overlay = {overlay_dir / "kustomization.yaml": _overlay(info, "../base", ["namespace.yaml"]),
+        overlay = {overlay_dir / "kustomization.yaml": _overlay(info, "../base", ["namespace.yaml", *queued]),
                    overlay_dir / "namespace.yaml": _namespace(info)}
+    if queue:
+        overlay[(overlay_dir / "namespaced" if kubeflow else overlay_dir) / LOCAL_QUEUE_FILE] = _local_queue(info)
     planned = {
         **overlay,
         root / "manifests" / "argocd" / "tenants" / f"{name}.yaml": _argocd(info, _repo_url(root)),
@@ -206,6 +220,9 @@ def add_tenant(repo_root: str | Path, name: str, *, gpus: int, cpu: str, memory:
     (overlay_dir / NAMESPACE_FILES[not kubeflow]).unlink(missing_ok=True)  # only reachable with --force
     if not kubeflow:
         shutil.rmtree(overlay_dir / "namespaced", ignore_errors=True)
+    if not queue:
+        for stale in (overlay_dir / LOCAL_QUEUE_FILE, overlay_dir / "namespaced" / LOCAL_QUEUE_FILE):
+            stale.unlink(missing_ok=True)
     for path, content in planned.items():
         if path.is_file() and path.read_text() == content:
             unchanged.append(str(path.relative_to(root)))
@@ -229,7 +246,8 @@ def list_tenants(repo_root: str | Path) -> list[TenantInfo]:
         tenants.append(TenantInfo(name=overlay.parent.name, owner=patches.get("RoleBinding", "?"),
                                   gpus=int(hard.get(gpu_key, 0)), gpu_resource=gpu_key.removeprefix("requests."),
                                   cpu=hard.get("requests.cpu", "?"), memory=hard.get("requests.memory", "?"),
-                                  kubeflow=(overlay.parent / NAMESPACE_FILES[True]).is_file()))
+                                  kubeflow=(overlay.parent / NAMESPACE_FILES[True]).is_file(),
+                                  queue=any(overlay.parent.rglob(LOCAL_QUEUE_FILE))))
     return tenants
 
 

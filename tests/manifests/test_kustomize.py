@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kubeforge.deploy.schemas import ARGOCD_CRDS, validate_objects
+from kubeforge.deploy.schemas import ARGOCD_CRDS, KUEUE_CRDS, validate_objects
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
 ENTRY_POINTS = sorted(p.parent for p in MANIFESTS.rglob("kustomization.yaml") if p.parent.name != "base")
@@ -22,7 +22,32 @@ def build(path: Path) -> list[dict]:
 def test_builds_and_validates(path):
     objects = build(path)
     assert objects
-    assert validate_objects(objects, ARGOCD_CRDS) == []
+    assert validate_objects(objects, ARGOCD_CRDS + KUEUE_CRDS) == []
+
+
+def test_prod_has_kueue_flavors_for_the_profiles_gpu_products():
+    from kubeforge.config import load_platform
+
+    objects = build(MANIFESTS / "clusters" / "prod")
+    flavors = {o["metadata"]["name"]: o for o in objects if o["kind"] == "ResourceFlavor"}
+    for profile in load_platform().profiles:
+        if profile.uses_gpu and profile.name in flavors:
+            assert flavors[profile.name]["spec"]["nodeLabels"] == profile.node_selector
+    assert {"gpu-t4", "gpu-a100"} <= set(flavors)
+    assert [o for o in objects if o["kind"] == "ClusterQueue"]
+
+
+def test_tenant_with_a_queue_gets_a_local_queue(tmp_path):
+    import shutil
+
+    from kubeforge.deploy.tenants import add_tenant
+
+    shutil.copytree(MANIFESTS / "tenants" / "base", tmp_path / "manifests" / "tenants" / "base")
+    add_tenant(tmp_path, "team-q", gpus=1, cpu="4", memory="16Gi", owner="q", queue=True)
+    objects = build(tmp_path / "manifests" / "tenants" / "team-q")
+    (queue,) = [o for o in objects if o["kind"] == "LocalQueue"]
+    assert queue["metadata"]["namespace"] == "team-q" and queue["spec"]["clusterQueue"] == "kubeforge-gpu"
+    assert validate_objects(objects, KUEUE_CRDS) == []
 
 
 def test_tenant_overlay_is_namespaced_with_its_quota_and_owner():

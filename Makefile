@@ -1,12 +1,13 @@
 # Two commands do all the set-up on a fresh machine (see README):
 #   make demo   creates .venv, installs kubeforge, runs the default pipeline locally
-#   make test   the same environment, then the whole test suite
+#   make test   the same environment, then the whole test suite (builds the kwok cluster binaries once, cached
+#               outside the repository: see docs/cluster-tests.md)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench clean-runs
+.PHONY: demo test test-fast test-cluster bench clean-runs kwok-binaries cluster-up cluster-down e2e-kind
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,11 +18,29 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/kubeforge run
 
-test: $(STAMP)
+test: $(STAMP) kwok-binaries
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -m "not slow and not server and not cluster"
+
+# kwok, kwokctl, kube-apiserver, kube-controller-manager, kube-scheduler and etcd for the cluster tests
+kwok-binaries:
+	scripts/get-kwok-binaries.sh
+
+test-cluster: $(STAMP) kwok-binaries
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -m cluster tests/cluster
+
+# a kwok cluster to use by hand; prints its kubeconfig
+cluster-up: $(STAMP) kwok-binaries
+	scripts/kwok-cluster.sh up
+
+cluster-down: $(STAMP)
+	scripts/kwok-cluster.sh down
+
+# the cluster tests against a kind cluster (needs Docker); see docs/cluster-tests.md
+e2e-kind: $(STAMP)
+	scripts/e2e-kind.sh
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.demo_walltime

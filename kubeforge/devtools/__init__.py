@@ -1,0 +1,1 @@
+"""Developer tooling that is not part of the platform itself (test clusters and the like)."""

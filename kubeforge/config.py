@@ -135,6 +135,34 @@ class CompressConfig(_Section):
         return value
 
 
+_IMAGE_REFERENCE = (r"[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*"
+                    r"(:[\w][\w.-]{0,127})?(@sha256:[a-f0-9]{64})?")
+IMAGE_REFERENCE_PATTERN = f"^{_IMAGE_REFERENCE}$"
+
+
+class ClusterConfig(_Section):
+    """Steps that exist only on a Kubeflow cluster: the in-cluster serving-image build and the optional promotion."""
+
+    serving_image: str = Field("", description="serving image the in-cluster build pushes ('' = skip the build)")
+    image_builder: Literal["kaniko", "buildkit"] = Field("kaniko", description="in-cluster image builder")
+    registry_secret: str = Field("registry-credentials", pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+                                 description="dockerconfigjson Secret the image build pushes with")
+    build_context_size: str = Field("2Gi", pattern=r"^[0-9]+(\.[0-9]+)?(Mi|Gi|Ti)$",
+                                    description="size of the PVC that carries the Bento context to the builder")
+    build_timeout_s: int = Field(3600, ge=60, le=86_400, description="how long the build step waits for its Job")
+    distributed: bool = Field(False, description="train with the distributed-training job instead of one pod")
+    promote: bool = Field(False, description="after the gate, commit the serving values to the GitOps repo")
+
+    @field_validator("serving_image")
+    @classmethod
+    def _image_reference(cls, value: str) -> str:
+        import re
+
+        if value and not re.match(IMAGE_REFERENCE_PATTERN, value):
+            raise ValueError(f"{value!r} is not an image reference (registry/repository:tag or @sha256:<64 hex>)")
+        return value
+
+
 class ServeConfig(_Section):
     """How the BentoML service runs; the Helm chart passes these through as environment variables."""
 
@@ -173,6 +201,7 @@ class RunConfig(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     compress: CompressConfig = Field(default_factory=CompressConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
 
     @classmethod
     def sections(cls) -> dict[str, type[_Section]]:
@@ -339,3 +368,45 @@ def load_platform(path: str | os.PathLike[str] | None = None) -> PlatformConfig:
         return PlatformConfig(**raw)
     except ValidationError as exc:
         raise ConfigError(f"platform config {source}: {describe_validation_error(exc)}") from None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The project image and submission to a Kubeflow Pipelines endpoint.
+
+IMAGE_ENV = "KUBEFORGE_IMAGE"
+
+
+def runtime_image(platform: PlatformConfig, environ: Mapping[str, str] | None = None) -> str:
+    """The one image every pipeline task runs in: $KUBEFORGE_IMAGE, else the platform file's ``image:``."""
+    import re
+
+    environ = os.environ if environ is None else environ
+    image, source = (environ[IMAGE_ENV], f"${IMAGE_ENV}") if environ.get(IMAGE_ENV) else (platform.image, "image")
+    if not re.match(IMAGE_REFERENCE_PATTERN, image):
+        raise ConfigError(f"{source} {image!r} is not an image reference (registry/repository:tag or @sha256:<64 hex>)")
+    return image
+
+
+class SubmitConfig(_Section):
+    """Where and how `kubeforge submit` sends a pipeline; the token is a secret and is never part of it."""
+
+    host: str = Field("", pattern=r"^$|^https?://[^\s/]+(/\S*)?$",
+                      description="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline")
+    namespace: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63,
+                           description="the tenant's namespace (Kubeflow profile) the run belongs to")
+    experiment: str = Field("kubeforge", min_length=1, max_length=128, description="experiment (created if missing)")
+    run_name: str = Field("", max_length=128, description="run display name ('' = '<pipeline> <UTC time>')")
+    service_account: str = Field("", pattern=r"^$|^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+                                 description="ServiceAccount the run's pods use ('' = the namespace default)")
+    enable_caching: bool = Field(False, description="let the training step reuse cached results")
+    kube_context: str = Field("", description="reach KFP through this kubeconfig context's API server proxy")
+    kfp_namespace: str = Field("kubeflow", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+                               description="namespace of the ml-pipeline service (kube-context access)")
+    ui_host: str = Field("", pattern=r"^$|^https?://\S+$", description="UI address for the printed link ('' = host)")
+    timeout_s: float = Field(15.0, gt=0.0, le=600.0, description="timeout of each API request")
+
+    @model_validator(mode="after")
+    def _one_way_in(self) -> SubmitConfig:
+        if not self.host and not self.kube_context:
+            raise ValueError("give --host URL (the KFP API endpoint) or --kube-context NAME")
+        return self

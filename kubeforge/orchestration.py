@@ -36,12 +36,14 @@ def resolve_params(pipeline: str, overrides: dict[str, Any]) -> dict[str, Any]:
     return RunConfig.from_flat(overrides, sections).to_flat(sections)
 
 
-def compile_pipeline(name: str, output: str | Path, platform: PlatformConfig, profile: str | None = None) -> Path:
+def compile_pipeline(name: str, output: str | Path, platform: PlatformConfig, profile: str | None = None, *,
+                     cache_training: bool = False) -> Path:
+    """Write the KFP IR of ``name``; training stays uncached unless ``cache_training`` (a cluster caches by default)."""
     from kfp import compiler
 
     from kubeforge_pipelines import build_pipeline
 
-    pipeline = build_pipeline(name, platform, profile)
+    pipeline = build_pipeline(name, platform, profile, cache_training=cache_training)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(pipeline_func=pipeline, package_path=str(output))

@@ -3,20 +3,21 @@
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from kubeforge.config import ConfigError, PlatformConfig, SchedulingProfile
-from kubeforge_pipelines import train_compress, train_evaluate
+from kubeforge.config import ConfigError, PlatformConfig, runtime_image
+from kubeforge_pipelines import train_compress, train_compress_cluster, train_evaluate
+from kubeforge_pipelines.scheduling import Placement
 
 
 @dataclass(frozen=True)
 class PipelineEntry:
-    build: Callable[[SchedulingProfile, SchedulingProfile], Callable]
+    build: Callable[[Placement], Callable]
     sections: tuple[str, ...]  # the RunConfig sections whose fields are this pipeline's parameters
     description: str
 
 
 PIPELINES: dict[str, PipelineEntry] = {
     module.NAME: PipelineEntry(module.build, module.SECTIONS, module.DESCRIPTION)
-    for module in (train_compress, train_evaluate)
+    for module in (train_compress, train_compress_cluster, train_evaluate)
 }
 DEFAULT_PIPELINE = train_compress.NAME
 
@@ -27,9 +28,12 @@ def pipeline_entry(name: str) -> PipelineEntry:
     return PIPELINES[name]
 
 
-def build_pipeline(name: str, platform: PlatformConfig, profile: str | None = None) -> Callable:
-    """The named pipeline with its heavy step on ``profile`` (default: the platform's) and light steps on CPU."""
+def build_pipeline(name: str, platform: PlatformConfig, profile: str | None = None, *,
+                   cache_training: bool = False) -> Callable:
+    """The named pipeline with its heavy step on ``profile`` (default: the platform's), light steps on the default
+    profile, and every task in the project image (raises ConfigError on an unknown name, profile or bad image)."""
     entry = pipeline_entry(name)
-    heavy = platform.profile(profile or platform.default_profile)
-    light = platform.profile(platform.default_profile)
-    return entry.build(heavy, light)
+    placement = Placement(heavy=platform.profile(profile or platform.default_profile),
+                          light=platform.profile(platform.default_profile), image=runtime_image(platform),
+                          cache_training=cache_training)
+    return entry.build(placement)

@@ -1,5 +1,7 @@
 """Apply a named scheduling profile to a pipeline task: one helper, so every GPU step is placed the same way."""
 
+from dataclasses import dataclass
+
 from kfp import kubernetes
 from kfp.dsl import PipelineTask
 
@@ -29,3 +31,27 @@ def apply_profile(task: PipelineTask, profile: SchedulingProfile) -> PipelineTas
                                   effect=toleration.effect)
     kubernetes.add_pod_label(task, label_key=PROFILE_LABEL, label_value=profile.name)
     return task
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Everything a pipeline needs to know about where its tasks run, resolved once when the pipeline is built.
+
+    ``image`` replaces each component's import-time base image, so the compiled IR carries exactly the platform
+    setting (``$KUBEFORGE_IMAGE`` or the platform file's ``image:``) given to this build, on every task.
+    """
+
+    heavy: SchedulingProfile
+    light: SchedulingProfile
+    image: str
+    cache_training: bool = False
+
+    def training(self, task: PipelineTask) -> PipelineTask:
+        """A retrain is what was asked for; a cached model is served only when caching was asked for."""
+        task.set_caching_options(self.cache_training)
+        task.set_container_image(self.image)
+        return apply_profile(task, self.heavy)
+
+    def step(self, task: PipelineTask) -> PipelineTask:
+        task.set_container_image(self.image)
+        return apply_profile(task, self.light)

@@ -5,14 +5,14 @@ from collections.abc import Callable
 
 from kfp import dsl
 
-from kubeforge.config import RunConfig, SchedulingProfile
+from kubeforge.config import RunConfig
 from kubeforge_components.compress import compress
 from kubeforge_components.evaluate import evaluate
 from kubeforge_components.package import package
 from kubeforge_components.preprocess import preprocess
 from kubeforge_components.report import report
 from kubeforge_components.train import train
-from kubeforge_pipelines.scheduling import apply_profile
+from kubeforge_pipelines.scheduling import Placement
 
 NAME = "train-compress"
 DESCRIPTION = "Preprocess, train, evaluate, compress behind an accuracy gate, package a Bento, and report."
@@ -20,7 +20,7 @@ SECTIONS = ("data", "model", "train", "compress")
 D = RunConfig().to_flat(SECTIONS)
 
 
-def build(train_profile: SchedulingProfile, step_profile: SchedulingProfile) -> Callable:
+def build(placement: Placement) -> Callable:
     @dsl.pipeline(name=NAME, description=DESCRIPTION)
     def train_compress(
         dataset: str = D["dataset"],
@@ -61,7 +61,6 @@ def build(train_profile: SchedulingProfile, step_profile: SchedulingProfile) -> 
                         dropout=dropout, epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
                         weight_decay=weight_decay, patience=patience, seed=seed, device=device,
                         mixed_precision=mixed_precision, warm_start=warm_start)
-        trained.set_caching_options(False)  # a retrain is what was asked for; never serve a cached model silently
         scored = evaluate(splits=data.outputs["splits"], trained_model=trained.outputs["trained_model"], seed=seed)
         compressed = compress(
             splits=data.outputs["splits"], trained_model=trained.outputs["trained_model"],
@@ -77,9 +76,9 @@ def build(train_profile: SchedulingProfile, step_profile: SchedulingProfile) -> 
         for task, name in ((data, "preprocess"), (trained, "train"), (scored, "evaluate"),
                            (compressed, "compress"), (packaged, "package"), (summary, "report")):
             task.set_display_name(name)
-        apply_profile(trained, train_profile)
+        placement.training(trained)
         for task in (data, scored, compressed, packaged, summary):
-            apply_profile(task, step_profile)  # latency is measured on CPU, where the model will be served
+            placement.step(task)  # latency is measured on CPU, where the model will be served
         return summary.outputs["run_report"]
 
     return train_compress

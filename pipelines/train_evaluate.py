@@ -4,12 +4,12 @@ from collections.abc import Callable
 
 from kfp import dsl
 
-from kubeforge.config import RunConfig, SchedulingProfile
+from kubeforge.config import RunConfig
 from kubeforge_components.evaluate import evaluate
 from kubeforge_components.preprocess import preprocess
 from kubeforge_components.report import report
 from kubeforge_components.train import train
-from kubeforge_pipelines.scheduling import apply_profile
+from kubeforge_pipelines.scheduling import Placement
 
 NAME = "train-evaluate"
 DESCRIPTION = "Preprocess, train, evaluate and report a classifier."
@@ -17,7 +17,7 @@ SECTIONS = ("data", "model", "train")
 D = RunConfig().to_flat(SECTIONS)  # pipeline defaults come from the one config model
 
 
-def build(train_profile: SchedulingProfile, step_profile: SchedulingProfile) -> Callable:
+def build(placement: Placement) -> Callable:
     """The pipeline with training placed by ``train_profile`` and the light steps by ``step_profile``."""
 
     @dsl.pipeline(name=NAME, description=DESCRIPTION)
@@ -47,7 +47,6 @@ def build(train_profile: SchedulingProfile, step_profile: SchedulingProfile) -> 
                         dropout=dropout, epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
                         weight_decay=weight_decay, patience=patience, seed=seed, device=device,
                         mixed_precision=mixed_precision, warm_start=warm_start)
-        trained.set_caching_options(False)  # a retrain is what was asked for; never serve a cached model silently
         scored = evaluate(splits=data.outputs["splits"], trained_model=trained.outputs["trained_model"], seed=seed)
         summary = report(splits=data.outputs["splits"], trained_model=trained.outputs["trained_model"],
                          evaluation=scored.outputs["evaluation"])
@@ -55,9 +54,9 @@ def build(train_profile: SchedulingProfile, step_profile: SchedulingProfile) -> 
         trained.set_display_name("train")
         scored.set_display_name("evaluate")
         summary.set_display_name("report")
-        apply_profile(trained, train_profile)
+        placement.training(trained)
         for task in (data, scored, summary):
-            apply_profile(task, step_profile)
+            placement.step(task)
         return summary.outputs["run_report"]
 
     return train_evaluate

@@ -14,7 +14,7 @@ def invoke(*args: str):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["run", "no-such-pipeline"], "unknown pipeline 'no-such-pipeline'; known: train-compress, train-evaluate"),
+    (["run", "no-such-pipeline"], "unknown pipeline 'no-such-pipeline'; known: train-compress, train-compress-cluster, train-evaluate"),
     (["run", "train-evaluate", "-p", "objective=size"], "unknown parameter 'objective'"),
     (["run", "-p", "compress_methods=[zip]"], "unknown compression method 'zip'"),
     (["run", "-p", "epoch=3"], "unknown parameter 'epoch'"),

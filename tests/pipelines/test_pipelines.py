@@ -1,14 +1,24 @@
-"""Resources, accelerators and kfp-kubernetes settings are ignored by kfp.local, so they are asserted on the IR."""
+"""Resources, accelerators, images and kfp-kubernetes settings are ignored by kfp.local, so they are asserted on the
+compiled IR, for every pipeline and every profile of the platform file."""
 
 import inspect
 
 import pytest
 
-from kubeforge.config import RunConfig, load_platform
+from kubeforge.config import ConfigError, RunConfig, load_platform, runtime_image
+from kubeforge.orchestration import compile_pipeline
+from kubeforge_components.build_image import CONTEXT_MOUNT, NODE_NAME_ENV
 from kubeforge_pipelines import PIPELINES, build_pipeline
+from tests.pipelines.conftest import CompiledPipeline
 
 PROFILES = [p.name for p in load_platform().profiles]
 LIGHT_TASKS = ("preprocess", "evaluate", "report")
+KFP_VOLUME_STUBS = ("exec-createpvc", "exec-deletepvc")  # executed by the KFP driver itself, not in a container
+DIGEST_IMAGE = "registry.example.com/ml/kubeforge-runtime@sha256:" + "0123456789abcdef" * 4
+
+
+def test_the_cluster_pipeline_is_registered():
+    assert {"train-compress", "train-evaluate", "train-compress-cluster"} <= set(PIPELINES)
 
 
 @pytest.mark.parametrize("name", sorted(PIPELINES))
@@ -40,34 +50,85 @@ def test_train_task_carries_the_profile(compile_with, platform, profile_name, pi
         assert "nodeSelector" not in k8s and "tolerations" not in k8s
 
 
-def test_light_steps_stay_on_cpu_with_requests(compile_with, platform):
-    cpu = platform.profile("cpu")
-    ir = compile_with("train-compress", "gpu-a100")
-    for task in LIGHT_TASKS + ("compress",):
+@pytest.mark.parametrize("pipeline, light", [("train-compress", LIGHT_TASKS + ("compress", "package")),
+                                             ("train-compress-cluster",
+                                              LIGHT_TASKS + ("compress", "package", "build-image"))])
+@pytest.mark.parametrize("profile_name", PROFILES)
+def test_every_other_step_stays_on_the_default_profile_with_requests(compile_with, platform, pipeline, light,
+                                                                     profile_name):
+    default = platform.profile(platform.default_profile)
+    ir = compile_with(pipeline, profile_name)
+    for task in light:
         resources = ir.resources(task)
-        assert resources["resourceCpuRequest"] == cpu.cpu_request, task
-        assert resources["resourceMemoryRequest"] == cpu.memory_request, task
-        assert "accelerator" not in resources and "tolerations" not in ir.k8s(task), task
+        assert resources["resourceCpuRequest"] == default.cpu_request, task
+        assert resources["resourceMemoryRequest"] == default.memory_request, task
+        assert "accelerator" not in resources, task
+        assert "tolerations" not in ir.k8s(task) and "nodeSelector" not in ir.k8s(task), task
+        assert ir.k8s(task)["podMetadata"]["labels"]["kubeforge.io/profile"] == default.name, task
 
 
-def test_training_is_never_served_from_cache(compile_with):
-    ir = compile_with("train-evaluate", "cpu")
-    assert ir.task("train")["cachingOptions"].get("enableCache", False) is False
+@pytest.mark.parametrize("pipeline", sorted(PIPELINES))
+def test_training_is_never_served_from_cache_unless_asked(compile_with, tmp_path, platform, pipeline):
+    assert compile_with(pipeline, "cpu").task("train")["cachingOptions"].get("enableCache", False) is False
+    cached = CompiledPipeline(compile_pipeline(pipeline, tmp_path / "c.yaml", platform, cache_training=True))
+    assert cached.task("train")["cachingOptions"]["enableCache"] is True
 
 
-def test_every_component_runs_in_the_project_image_without_installing(compile_with, platform):
-    ir = compile_with("train-evaluate", "cpu")
-    for name, executor in ir.spec["deploymentSpec"]["executors"].items():
+@pytest.mark.parametrize("pipeline", sorted(PIPELINES))
+def test_every_component_runs_in_the_project_image_without_installing(compile_with, platform, pipeline):
+    ir = compile_with(pipeline, "gpu-a100")
+    executors = ir.spec["deploymentSpec"]["executors"]
+    ours = {name: e for name, e in executors.items() if name not in KFP_VOLUME_STUBS}
+    assert len(ours) >= 4
+    for name, executor in ours.items():
         container = executor["container"]
-        assert container["image"] == platform.image, name
-        assert "pip install" not in " ".join(container["command"]), name
+        assert container["image"] == runtime_image(platform), name
+        assert "pip install" not in " ".join(container["command"] + container.get("args", [])), name
 
 
-def test_image_is_configurable_from_the_environment(tmp_path):
-    import subprocess
-    import sys
+@pytest.mark.parametrize("pipeline", sorted(PIPELINES))
+def test_the_image_setting_reaches_every_task_from_the_environment(tmp_path, monkeypatch, platform, pipeline):
+    """The components were imported with the default image; the build-time setting must still win everywhere."""
+    monkeypatch.setenv("KUBEFORGE_IMAGE", DIGEST_IMAGE)
+    ir = CompiledPipeline(compile_pipeline(pipeline, tmp_path / "p.yaml", platform, "gpu-t4"))
+    images = {name: e["container"]["image"] for name, e in ir.spec["deploymentSpec"]["executors"].items()
+              if name not in KFP_VOLUME_STUBS}
+    assert set(images.values()) == {DIGEST_IMAGE}, images
 
-    code = ("from kubeforge_components import RUNTIME_IMAGE; print(RUNTIME_IMAGE)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**__import__("os").environ, "KUBEFORGE_IMAGE": "registry.local/kf@sha256:abc"})
-    assert out.stdout.strip() == "registry.local/kf@sha256:abc"
+
+def test_the_image_setting_comes_from_the_platform_file(tmp_path, monkeypatch):
+    monkeypatch.delenv("KUBEFORGE_IMAGE", raising=False)
+    builtin = load_platform().model_dump(exclude_none=True)
+    path = tmp_path / "platform.yaml"
+    path.write_text(__import__("yaml").safe_dump({**builtin, "image": "registry.example.com/kf/runtime:2.0"}))
+    ir = CompiledPipeline(compile_pipeline("train-evaluate", tmp_path / "p.yaml", load_platform(path)))
+    assert {e["container"]["image"] for e in ir.spec["deploymentSpec"]["executors"].values()} == \
+        {"registry.example.com/kf/runtime:2.0"}
+
+
+def test_a_malformed_image_setting_is_refused_before_compiling(tmp_path, monkeypatch, platform):
+    monkeypatch.setenv("KUBEFORGE_IMAGE", "Not An Image")
+    with pytest.raises(ConfigError, match=r"\$KUBEFORGE_IMAGE 'Not An Image' is not an image reference"):
+        compile_pipeline("train-evaluate", tmp_path / "p.yaml", platform)
+    assert not (tmp_path / "p.yaml").exists()
+
+
+def test_cluster_pipeline_builds_the_serving_image_only_when_asked(compile_with):
+    ir = compile_with("train-compress-cluster", "gpu-a100")
+    condition = ir.task("condition-1")
+    assert condition["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--serving_image'] != ''"
+    assert condition["inputs"]["artifacts"]["pipelinechannel--package-build_context"]["taskOutputArtifact"] == \
+        {"outputArtifactKey": "build_context", "producerTask": "package"}
+    inner = ir.spec["components"]["comp-condition-1"]["dag"]["tasks"]
+    assert set(inner) == {"createpvc", "build-image", "deletepvc"}
+    assert inner["deletepvc"]["dependentTasks"] == ["build-image", "createpvc"]  # the volume outlives the build only
+    assert inner["build-image"]["cachingOptions"].get("enableCache", False) is False  # a push is a side effect
+
+
+def test_cluster_build_step_gets_the_context_volume_and_its_node_name(compile_with):
+    k8s = compile_with("train-compress-cluster", "gpu-t4").k8s("build-image")
+    (mount,) = k8s["pvcMount"]
+    assert mount["mountPath"] == CONTEXT_MOUNT
+    assert mount["pvcNameParameter"]["taskOutputParameter"] == {"outputParameterKey": "name",
+                                                                 "producerTask": "createpvc"}
+    assert {"name": NODE_NAME_ENV, "fieldPath": "spec.nodeName"} in k8s["fieldPathAsEnv"]

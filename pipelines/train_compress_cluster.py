@@ -1,0 +1,112 @@
+"""train-compress-cluster: the default pipeline as it runs on a Kubeflow cluster.
+
+Same steps and parameters as train-compress (training on the heavy profile, caching off for it), plus, when
+``serving_image`` is set, an in-cluster build of the serving image from the packaged Bento context (Kaniko or
+BuildKit Job over a PVC that lives only as long as the build).
+"""
+
+from collections.abc import Callable
+
+from kfp import dsl, kubernetes
+
+from kubeforge.config import RunConfig
+from kubeforge_components.build_image import CONTEXT_MOUNT, NODE_NAME_ENV, build_image
+from kubeforge_components.compress import compress
+from kubeforge_components.evaluate import evaluate
+from kubeforge_components.package import package
+from kubeforge_components.preprocess import preprocess
+from kubeforge_components.report import report
+from kubeforge_components.train import train
+from kubeforge_pipelines.scheduling import Placement
+
+NAME = "train-compress-cluster"
+DESCRIPTION = ("train-compress on a Kubeflow cluster: GPU training, compression behind the accuracy gate, "
+               "and an in-cluster build of the serving image.")
+SECTIONS = ("data", "model", "train", "compress", "cluster")
+D = RunConfig().to_flat(SECTIONS)
+
+
+def build(placement: Placement) -> Callable:
+    @dsl.pipeline(name=NAME, description=DESCRIPTION)
+    def train_compress_cluster(
+        dataset: str = D["dataset"],
+        label_column: str = D["label_column"],
+        val_fraction: float = D["val_fraction"],
+        test_fraction: float = D["test_fraction"],
+        split_seed: int = D["split_seed"],
+        model: str = D["model"],
+        hidden_sizes: list = D["hidden_sizes"],
+        channels: list = D["channels"],
+        dropout: float = D["dropout"],
+        epochs: int = D["epochs"],
+        learning_rate: float = D["learning_rate"],
+        batch_size: int = D["batch_size"],
+        weight_decay: float = D["weight_decay"],
+        patience: int = D["patience"],
+        seed: int = D["seed"],
+        device: str = D["device"],
+        mixed_precision: bool = D["mixed_precision"],
+        warm_start: str = D["warm_start"],
+        compress_methods: list = D["compress_methods"],
+        max_accuracy_drop: float = D["max_accuracy_drop"],
+        objective: str = D["objective"],
+        prune_fraction: float = D["prune_fraction"],
+        target_sparsity: float = D["target_sparsity"],
+        finetune_epochs: int = D["finetune_epochs"],
+        student_hidden_sizes: list = D["student_hidden_sizes"],
+        distill_epochs: int = D["distill_epochs"],
+        distill_temperature: float = D["distill_temperature"],
+        distill_alpha: float = D["distill_alpha"],
+        calibration_batches: int = D["calibration_batches"],
+        bench_runs: int = D["bench_runs"],
+        bench_threads: int = D["bench_threads"],
+        serving_image: str = D["serving_image"],
+        image_builder: str = D["image_builder"],
+        registry_secret: str = D["registry_secret"],
+        build_context_size: str = D["build_context_size"],
+        build_timeout_s: int = D["build_timeout_s"],
+        distributed: bool = D["distributed"],
+        promote: bool = D["promote"],
+    ) -> dsl.HTML:
+        data = preprocess(dataset=dataset, label_column=label_column, val_fraction=val_fraction,
+                          test_fraction=test_fraction, split_seed=split_seed)
+        trained = train(splits=data.outputs["splits"], model=model, hidden_sizes=hidden_sizes, channels=channels,
+                        dropout=dropout, epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
+                        weight_decay=weight_decay, patience=patience, seed=seed, device=device,
+                        mixed_precision=mixed_precision, warm_start=warm_start)
+        scored = evaluate(splits=data.outputs["splits"], trained_model=trained.outputs["trained_model"], seed=seed)
+        compressed = compress(
+            splits=data.outputs["splits"], trained_model=trained.outputs["trained_model"],
+            compress_methods=compress_methods, max_accuracy_drop=max_accuracy_drop, objective=objective,
+            prune_fraction=prune_fraction, target_sparsity=target_sparsity, finetune_epochs=finetune_epochs,
+            student_hidden_sizes=student_hidden_sizes, distill_epochs=distill_epochs,
+            distill_temperature=distill_temperature, distill_alpha=distill_alpha,
+            calibration_batches=calibration_batches, bench_runs=bench_runs, bench_threads=bench_threads)
+        summary = report(splits=data.outputs["splits"], trained_model=trained.outputs["trained_model"],
+                         evaluation=scored.outputs["evaluation"],
+                         compressed_model=compressed.outputs["compressed_model"])
+        packaged = package(model=compressed.outputs["compressed_model"])
+        for task, name in ((data, "preprocess"), (trained, "train"), (scored, "evaluate"),
+                           (compressed, "compress"), (packaged, "package"), (summary, "report")):
+            task.set_display_name(name)
+        placement.training(trained)
+        for task in (data, scored, compressed, packaged, summary):
+            placement.step(task)  # latency is measured on CPU, where the model will be served
+
+        with dsl.If(serving_image != "", name="serving-image-requested"):
+            context = kubernetes.CreatePVC(pvc_name_suffix="-bento-context", access_modes=["ReadWriteOnce"],
+                                           size=build_context_size)
+            context.set_display_name("create-build-context-volume")
+            built = build_image(build_context=packaged.outputs["build_context"], image=serving_image,
+                                builder=image_builder, registry_secret=registry_secret,
+                                context_pvc=context.outputs["name"], timeout_s=build_timeout_s)
+            built.set_display_name("build-image")
+            built.set_caching_options(False)  # a push is a side effect: always run it
+            placement.step(built)
+            kubernetes.mount_pvc(built, pvc_name=context.outputs["name"], mount_path=CONTEXT_MOUNT)
+            kubernetes.use_field_path_as_env(built, env_name=NODE_NAME_ENV, field_path="spec.nodeName")
+            cleanup = kubernetes.DeletePVC(pvc_name=context.outputs["name"]).after(built)
+            cleanup.set_display_name("delete-build-context-volume")
+        return summary.outputs["run_report"]
+
+    return train_compress_cluster

@@ -194,6 +194,25 @@ class ServeConfig(_Section):
                               f"(variables {cls.ENV_PREFIX}<NAME>)") from None
 
 
+class DistributedConfig(_Section):
+    """Training on N nodes x M processes as a Kubeflow Trainer TrainJob (or a PyTorchJob on older clusters).
+
+    Checkpoints live on a shared PVC so a preempted or restarted job resumes; with more than one node it must be
+    ReadWriteMany, because every rank reads the checkpoint when it resumes.
+    """
+
+    nodes: int = Field(1, ge=1, le=1024, description="training pods (nodes)")
+    procs_per_node: int = Field(1, ge=1, le=64, description="torchrun processes per node; one GPU each on a GPU profile")
+    dist_backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="'auto': nccl on CUDA, gloo on CPU")
+    job_kind: Literal["trainjob", "pytorchjob"] = Field(
+        "trainjob", description="'trainjob' (trainer.kubeflow.org/v1alpha1) or 'pytorchjob' (kubeflow.org/v1)")
+    checkpoint_pvc: str = Field("", pattern=r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?)?$",
+                                description="PVC shared by the job's pods and the launching step ('' = none)")
+    checkpoint_mount: str = Field("/mnt/kubeforge", pattern=r"^/", description="where the PVC is mounted in pods")
+    max_restarts: int = Field(3, ge=0, le=100, description="whole-job restarts (preemption, node loss) before failing")
+    job_timeout_s: int = Field(24 * 3600, ge=10, description="how long the launcher waits for the job to finish")
+
+
 class RunConfig(_Section):
     """A whole run: the union of the step sections."""
 

@@ -28,6 +28,16 @@ ARGOCD_CRDS = tuple(("github.com/argoproj/argo-cd/v3", "v3.5.3", f"manifests/crd
                     for name in ("application", "applicationset", "appproject"))
 KUEUE_CRDS = tuple(("sigs.k8s.io/kueue", "v0.17.0", f"config/components/crd/bases/kueue.x-k8s.io_{name}.yaml")
                   for name in ("resourceflavors", "clusterqueues", "localqueues"))
+# Flux: the controllers' root modules carry config/crd/bases. The versions are the newest the module proxy serves
+# for the Go toolchain here (newer kustomize/source-controller releases need go >= 1.27; newer helm-controller
+# releases are not served); HelmRelease v2 and the v1 Kustomization/GitRepository/OCIRepository APIs are current.
+FLUX_CRDS = (
+    ("github.com/fluxcd/source-controller", "v1.9.6", "config/crd/bases/source.toolkit.fluxcd.io_gitrepositories.yaml"),
+    ("github.com/fluxcd/source-controller", "v1.9.6", "config/crd/bases/source.toolkit.fluxcd.io_ocirepositories.yaml"),
+    ("github.com/fluxcd/kustomize-controller", "v1.9.6",
+     "config/crd/bases/kustomize.toolkit.fluxcd.io_kustomizations.yaml"),
+    ("github.com/fluxcd/helm-controller", "v1.4.0", "config/crd/bases/helm.toolkit.fluxcd.io_helmreleases.yaml"),
+)
 HTTPROUTE_CRD = ("sigs.k8s.io/gateway-api", "v1.3.0", "config/crd/standard/gateway.networking.k8s.io_httproutes.yaml")
 
 

@@ -1,5 +1,6 @@
 """Tenant onboarding as a reviewed git change: `kubeforge tenant add` writes a kustomize overlay (namespace, owner
-group, quota) plus the tenant's Argo CD project and app set; nothing is applied with kubectl.
+group, quota), the tenant's Argo CD project and app set, its Flux objects and an empty release list per env;
+nothing is applied with kubectl.
 
 Files are generated deterministically, so a second identical call changes no byte; a hand-edited file is never
 overwritten without ``force``, and the refusal shows the diff.
@@ -17,6 +18,8 @@ from pathlib import Path
 import yaml
 
 from kubeforge.config import ConfigError
+from kubeforge.deploy.gitops import (APPS_DIR, CHART_PATH, FLUX_ACCOUNT, FLUX_ENV_VARIABLE, FLUX_SOURCE,
+                                     env_kustomization, environments)
 
 RESERVED = {"default", "kube-system", "kube-public", "kube-node-lease", "kubeflow", "argocd", "base", "monitoring",
             "ingress-nginx"}
@@ -129,27 +132,87 @@ def _repo_url(root: Path) -> str:
 
 
 def _argocd(info: TenantInfo, repo_url: str) -> str:
+    """The tenant's project (its namespace only) and an app set making one Application per release directory.
+
+    Each Application has two sources: the chart from the GitOps repository and, as ``$values``, the release's
+    promoted values. The env comes from a list generator that each cluster entry point patches (label
+    ``kubeforge.io/component: tenant-apps``), so one file serves every cluster.
+    """
     project = {"apiVersion": "argoproj.io/v1alpha1", "kind": "AppProject",
                "metadata": {"name": info.name, "namespace": "argocd"},
                "spec": {"description": f"serving releases of tenant {info.name}", "sourceRepos": [repo_url],
                         "destinations": [{"server": "https://kubernetes.default.svc", "namespace": info.name}],
                         "clusterResourceWhitelist": [],
+                        # the platform owns these; a release must not be able to loosen them
+                        "namespaceResourceBlacklist": [{"group": "", "kind": "ResourceQuota"},
+                                                       {"group": "", "kind": "LimitRange"},
+                                                       {"group": "rbac.authorization.k8s.io", "kind": "Role"},
+                                                       {"group": "rbac.authorization.k8s.io", "kind": "RoleBinding"}],
                         "roles": [{"name": "owners", "groups": [info.owner],
                                    "policies": [f"p, proj:{info.name}:owners, applications, *, {info.name}/*, "
                                                 "allow"]}]}}
+    chart_source = {"repoURL": repo_url, "targetRevision": "main", "path": CHART_PATH,
+                    "helm": {"releaseName": "{{.path.basename}}",
+                             "valueFiles": ["$values/{{.path.path}}/values.yaml"]}}
+    values_source = {"repoURL": repo_url, "targetRevision": "main", "ref": "values"}
     apps = {"apiVersion": "argoproj.io/v1alpha1", "kind": "ApplicationSet",
-            "metadata": {"name": f"apps-{info.name}", "namespace": "argocd"},
+            "metadata": {"name": f"apps-{info.name}", "namespace": "argocd",
+                         "labels": {"kubeforge.io/component": "tenant-apps"}},
             "spec": {"goTemplate": True, "goTemplateOptions": ["missingkey=error"],
-                     "generators": [{"git": {"repoURL": repo_url, "revision": "main",
-                                             "directories": [{"path": f"manifests/apps/{info.name}/*"}]}}],
-                     "template": {"metadata": {"name": f"{info.name}-{{{{.path.basename}}}}"},
+                     "generators": [{"matrix": {"generators": [
+                         {"list": {"elements": [{"env": "dev"}]}},
+                         {"git": {"repoURL": repo_url, "revision": "main",
+                                  "directories": [{"path": f"manifests/apps/{info.name}/{{{{.env}}}}/*"}]}}]}}],
+                     "template": {"metadata": {"name": f"{info.name}-{{{{.path.basename}}}}",
+                                               "labels": {"kubeforge.io/tenant": info.name}},
                                   "spec": {"project": info.name,  # fixed: a path can never pick another project
-                                           "source": {"repoURL": repo_url, "targetRevision": "main",
-                                                      "path": "{{.path.path}}"},
+                                           "sources": [chart_source, values_source],
                                            "destination": {"server": "https://kubernetes.default.svc",
                                                            "namespace": info.name},
                                            "syncPolicy": {"automated": {"prune": True, "selfHeal": True}}}}}}
     return HEADER + yaml.safe_dump_all([project, apps], sort_keys=False, width=1000)
+
+
+# What helm-controller may do in the tenant namespace when it installs the serving chart as the tenant: the chart's
+# objects, Helm's release secrets, the Flux objects of the tenant's apps; never quotas, limits or RBAC.
+_FLUX_RULES = [
+    {"apiGroups": [""], "resources": ["configmaps", "secrets", "services", "serviceaccounts", "pods"],
+     "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
+    {"apiGroups": ["apps"], "resources": ["deployments"],
+     "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
+    {"apiGroups": ["autoscaling", "policy", "networking.k8s.io", "monitoring.coreos.com",
+                   "gateway.networking.k8s.io"],
+     "resources": ["horizontalpodautoscalers", "poddisruptionbudgets", "networkpolicies", "ingresses",
+                   "servicemonitors", "httproutes"],
+     "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
+    {"apiGroups": ["helm.toolkit.fluxcd.io"], "resources": ["helmreleases"],
+     "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
+]
+
+
+def _flux(info: TenantInfo, repo_url: str) -> str:
+    """The tenant's Flux objects, all in its namespace and acting as its own ServiceAccount (impersonation)."""
+    meta = {"namespace": info.name, "labels": {"kubeforge.io/tenant": info.name}}
+    documents = [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": FLUX_ACCOUNT, **meta},
+         "automountServiceAccountToken": False},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": FLUX_ACCOUNT, **meta},
+         "rules": _FLUX_RULES},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+         "metadata": {"name": FLUX_ACCOUNT, **meta},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": FLUX_ACCOUNT},
+         "subjects": [{"kind": "ServiceAccount", "name": FLUX_ACCOUNT, "namespace": info.name}]},
+        {"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "GitRepository",
+         "metadata": {"name": FLUX_SOURCE, **meta},
+         "spec": {"interval": "5m", "url": repo_url, "ref": {"branch": "main"}}},
+        {"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization", "metadata": {"name": "apps", **meta},
+         "spec": {"interval": "10m", "prune": True, "targetNamespace": info.name,
+                  "serviceAccountName": FLUX_ACCOUNT,
+                  "sourceRef": {"kind": "GitRepository", "name": FLUX_SOURCE},
+                  "path": f"./manifests/apps/{info.name}/${{{FLUX_ENV_VARIABLE}}}"}},
+    ]
+    return HEADER + yaml.safe_dump_all(documents, sort_keys=False, width=1000)
 
 
 def _with_resource(path: Path, entry: str) -> str:
@@ -205,7 +268,14 @@ def add_tenant(repo_root: str | Path, name: str, *, gpus: int, cpu: str, memory:
             _with_resource(root / "manifests" / "tenants" / "kustomization.yaml", name),
         root / "manifests" / "argocd" / "kustomization.yaml":
             _with_resource(root / "manifests" / "argocd" / "kustomization.yaml", f"tenants/{name}.yaml"),
+        root / "manifests" / "flux" / "tenants" / f"{name}.yaml": _flux(info, _repo_url(root)),
+        root / "manifests" / "flux" / "tenants" / "kustomization.yaml":
+            _with_resource(root / "manifests" / "flux" / "tenants" / "kustomization.yaml", f"{name}.yaml"),
     }
+    for env in environments(root):  # Flux needs the path to exist; promotions fill it, so never overwrite it
+        env_list = root / APPS_DIR / name / env / "kustomization.yaml"
+        if not env_list.is_file():
+            planned[env_list] = env_kustomization(name, [])
     conflicts = []
     for path, content in planned.items():
         generated = overlay_dir in path.parents or path.name != "kustomization.yaml"

@@ -2,6 +2,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 from kubeforge.deploy.tenants import TenantError, add_tenant, list_tenants, parse_quantity, total_quota
 
@@ -15,6 +16,8 @@ def repo(tmp_path):
                     ignore=shutil.ignore_patterns("tenants"))
     (tmp_path / "manifests" / "argocd" / "kustomization.yaml").write_text(
         "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n- platform.yaml\n")
+    for env in ("dev", "prod"):
+        shutil.copytree(MANIFESTS / "clusters" / env, tmp_path / "manifests" / "clusters" / env)
     return tmp_path
 
 
@@ -38,8 +41,49 @@ def test_second_identical_add_changes_nothing(repo):
     add(repo)
     before = snapshot(repo)
     result = add(repo)
-    assert result.written == [] and len(result.unchanged) == 5
+    assert result.written == []
+    assert sorted(result.unchanged) == [
+        "manifests/argocd/kustomization.yaml", "manifests/argocd/tenants/team-x.yaml",
+        "manifests/flux/tenants/kustomization.yaml", "manifests/flux/tenants/team-x.yaml",
+        "manifests/tenants/kustomization.yaml", "manifests/tenants/team-x/kustomization.yaml",
+        "manifests/tenants/team-x/namespace.yaml"]
     assert snapshot(repo) == before
+
+
+def test_add_writes_flux_objects_and_an_empty_release_list_per_env(repo):
+    result = add(repo)
+    for env in ("dev", "prod"):
+        path = f"manifests/apps/team-x/{env}/kustomization.yaml"
+        assert path in result.written
+        assert yaml.safe_load((repo / path).read_text())["resources"] == []
+    flux = list(yaml.safe_load_all((repo / "manifests" / "flux" / "tenants" / "team-x.yaml").read_text()))
+    assert {d["metadata"]["namespace"] for d in flux} == {"team-x"}
+    (apps,) = [d for d in flux if d["kind"] == "Kustomization"]
+    assert apps["spec"]["serviceAccountName"] == "kubeforge-gitops"
+    assert yaml.safe_load((repo / "manifests" / "flux" / "tenants" / "kustomization.yaml").read_text())[
+        "resources"] == ["team-x.yaml"]
+
+
+def test_add_never_touches_the_promoted_release_lists(repo):
+    add(repo)
+    env_list = repo / "manifests" / "apps" / "team-x" / "prod" / "kustomization.yaml"
+    env_list.write_text(env_list.read_text().replace("resources: []", "resources:\n- classifier"))
+    promoted = env_list.read_text()
+    add(repo, cpu="20", force=True)
+    assert env_list.read_text() == promoted
+
+
+def test_app_set_project_is_fixed_and_values_come_from_the_release(repo):
+    add(repo)
+    project, app_set = yaml.safe_load_all((repo / "manifests" / "argocd" / "tenants" / "team-x.yaml").read_text())
+    assert project["spec"]["destinations"] == [{"server": "https://kubernetes.default.svc", "namespace": "team-x"}]
+    template = app_set["spec"]["template"]["spec"]
+    assert template["project"] == "team-x"
+    chart, values = template["sources"]
+    assert chart["path"] == "charts/kubeforge-serving" and values["ref"] == "values"
+    assert chart["helm"]["valueFiles"] == ["$values/{{.path.path}}/values.yaml"]
+    (directories,) = app_set["spec"]["generators"][0]["matrix"]["generators"][1]["git"]["directories"]
+    assert directories == {"path": "manifests/apps/team-x/{{.env}}/*"}
 
 
 def test_hand_edits_are_refused_with_a_diff_unless_forced(repo):

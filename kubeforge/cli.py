@@ -118,6 +118,69 @@ def compile_command(
 
 
 @app.command()
+def submit(
+    pipeline: Annotated[str, typer.Argument(help="pipeline name, e.g. train-compress-cluster")],
+    namespace: Annotated[str, typer.Option("--namespace", "-n", help="the tenant's namespace (Kubeflow profile)")],
+    host: Annotated[str, typer.Option(help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline")] = "",
+    experiment: Annotated[str, typer.Option(help="experiment (created if missing)")] = "kubeforge",
+    param: ParamOption = None,
+    profile: ProfileOption = None,
+    run_name: Annotated[str, typer.Option(help="run display name (default: '<pipeline> <UTC time>')")] = "",
+    service_account: Annotated[str, typer.Option(help="ServiceAccount of the run's pods")] = "",
+    enable_caching: Annotated[bool, typer.Option(help="let the training step reuse cached results")] = False,
+    dry_run: Annotated[bool, typer.Option(help="write the package and print the API calls; send nothing")] = False,
+    token: Annotated[str | None, typer.Option(envvar="KUBEFORGE_KFP_TOKEN", show_default=False,
+                                              help="bearer token for the KFP API ($KUBEFORGE_KFP_TOKEN)")] = None,
+    kube_context: Annotated[str, typer.Option(help="reach KFP through this kubeconfig context (no --host)")] = "",
+    kfp_namespace: Annotated[str, typer.Option(help="namespace of ml-pipeline (with --kube-context)")] = "kubeflow",
+    ui_host: Annotated[str, typer.Option(help="Kubeflow UI address for the printed link (default: --host)")] = "",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="where to write the compiled package "
+                                                                      "(default: build/<pipeline>.yaml)")] = None,
+    platform_config: PlatformOption = None,
+) -> None:
+    """Compile PIPELINE and start a run of it on a Kubeflow Pipelines endpoint, in the tenant's namespace."""
+    from pydantic import ValidationError
+
+    from kubeforge import orchestration
+    from kubeforge.config import SubmitConfig, describe_validation_error
+    from kubeforge.submission import SubmitError, SubmitRequest, describe_auth, planned_calls
+    from kubeforge.submission import submit as submit_request
+
+    platform = platform_or_fail(platform_config)
+    try:
+        config = SubmitConfig(host=host, namespace=namespace, experiment=experiment, run_name=run_name,
+                              service_account=service_account, enable_caching=enable_caching,
+                              kube_context=kube_context, kfp_namespace=kfp_namespace, ui_host=ui_host)
+    except ValidationError as exc:
+        fail(describe_validation_error(exc))
+    try:
+        from kubeforge_pipelines import pipeline_entry
+
+        overrides = parse_param_assignments(param or [], pipeline_entry(pipeline).sections)
+        orchestration.resolve_params(pipeline, overrides)
+        package = orchestration.compile_pipeline(pipeline, output or Path("build") / f"{pipeline}.yaml", platform,
+                                                 profile, cache_training=enable_caching)
+    except ConfigError as exc:
+        fail(str(exc))
+    request = SubmitRequest(config=config, pipeline=pipeline, package=package, params=overrides, token=token)
+    if dry_run:
+        console.print(f"dry run: nothing sent. compiled {pipeline} (profile "
+                      f"{profile or platform.default_profile}) to {package}\nendpoint: {request.endpoint}\n"
+                      f"auth: {describe_auth(request)}\nnamespace: {namespace}   experiment: {experiment}   "
+                      f"training cache: {'on' if enable_caching else 'off'}\nrequests it would make:",
+                      highlight=False, soft_wrap=True)
+        for number, call in enumerate(planned_calls(request), 1):
+            console.print(f"  {number}. {call}", highlight=False, soft_wrap=True)
+        return
+    try:
+        submitted = submit_request(request)
+    except SubmitError as exc:
+        fail(str(exc))
+    console.print(f"run {submitted.run_id} started in {namespace} (experiment {experiment}; created: "
+                  f"{', '.join(submitted.created)})\n{submitted.run_url}", highlight=False, soft_wrap=True)
+
+
+@app.command()
 def profiles(platform_config: PlatformOption = None) -> None:
     """List the scheduling profiles of the platform file."""
     platform = platform_or_fail(platform_config)

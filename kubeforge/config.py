@@ -409,10 +409,8 @@ def runtime_image(platform: PlatformConfig, environ: Mapping[str, str] | None = 
 class SubmitConfig(_Section):
     """Where and how `kubeforge submit` sends a pipeline; the token is a secret and is never part of it."""
 
-    host: str = Field("", pattern=r"^$|^https?://[^\s/]+(/\S*)?$",
-                      description="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline")
-    namespace: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63,
-                           description="the tenant's namespace (Kubeflow profile) the run belongs to")
+    host: str = Field("", description="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline")
+    namespace: str = Field(description="the tenant's namespace (Kubeflow profile) the run belongs to")
     experiment: str = Field("kubeforge", min_length=1, max_length=128, description="experiment (created if missing)")
     run_name: str = Field("", max_length=128, description="run display name ('' = '<pipeline> <UTC time>')")
     service_account: str = Field("", pattern=r"^$|^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
@@ -423,6 +421,24 @@ class SubmitConfig(_Section):
                                description="namespace of the ml-pipeline service (kube-context access)")
     ui_host: str = Field("", pattern=r"^$|^https?://\S+$", description="UI address for the printed link ('' = host)")
     timeout_s: float = Field(15.0, gt=0.0, le=600.0, description="timeout of each API request")
+
+    @field_validator("host")
+    @classmethod
+    def _endpoint_url(cls, value: str) -> str:
+        import re
+
+        if value and not re.match(r"^https?://[^\s/]+(/\S*)?$", value):
+            raise ValueError(f"{value!r} is not an http(s):// URL")
+        return value
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace_label(cls, value: str) -> str:
+        import re
+
+        if len(value) > 63 or not re.match(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", value):
+            raise ValueError(f"{value!r} is not a DNS-1123 label (lower-case letters, digits, '-')")
+        return value
 
     @model_validator(mode="after")
     def _one_way_in(self) -> SubmitConfig:

@@ -135,9 +135,11 @@ def test_enable_caching_is_compiled_into_the_training_task(workdir):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--namespace", "Team_A", "--host", "https://kfp.example.com"], "namespace: String should match pattern"),
+    (["--namespace", "Team_A", "--host", "https://kfp.example.com"],
+     "namespace: Value error, 'Team_A' is not a DNS-1123 label"),
     (["--namespace", "team-a"], "give --host URL (the KFP API endpoint) or --kube-context NAME"),
-    (["--namespace", "team-a", "--host", "kfp.example.com"], "host: String should match pattern"),
+    (["--namespace", "team-a", "--host", "kfp.example.com"],
+     "host: Value error, 'kfp.example.com' is not an http(s):// URL"),
     (["--namespace", "team-a", "--host", "https://kfp.example.com", "-p", "epoch=3"], "unknown parameter 'epoch'"),
     (["--namespace", "team-a", "--host", "https://kfp.example.com", "--profile", "tpu"], "unknown profile 'tpu'"),
 ])

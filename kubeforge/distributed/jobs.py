@@ -44,6 +44,7 @@ SHM_VOLUME = "dshm"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 JOB_LABEL = "kubeforge.io/training-job"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+RUNTIME_GID = 10001  # the project image's USER (images/runtime/Dockerfile); owns what the job writes to the PVC
 
 _DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -151,10 +152,15 @@ def _volume_mounts(request: TrainingJobRequest) -> list[dict[str, str]]:
     return mounts
 
 
+# tenant namespaces enforce the `restricted` Pod Security Standard; fsGroup lets the non-root user write the PVC
+POD_SECURITY = {"runAsNonRoot": True, "fsGroup": RUNTIME_GID, "seccompProfile": {"type": "RuntimeDefault"}}
+CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+
 def _placement(request: TrainingJobRequest) -> dict[str, Any]:
-    """The pod-spec fields the profile decides."""
+    """The pod-spec fields the profile decides, plus the restricted security context every pod needs."""
     profile = request.profile
-    spec: dict[str, Any] = {}
+    spec: dict[str, Any] = {"securityContext": dict(POD_SECURITY)}
     if profile.node_selector:
         spec["nodeSelector"] = dict(profile.node_selector)
     if profile.tolerations:
@@ -187,7 +193,8 @@ def render_training_runtime(request: TrainingJobRequest) -> dict[str, Any]:
         **_placement(request),
         "restartPolicy": "Never",  # a failed pod fails its Job; JobSet then restarts the whole gang
         "volumes": _volumes(request),
-        "containers": [{"name": TRAINER_NODE, "image": request.image, "volumeMounts": _volume_mounts(request)}],
+        "containers": [{"name": TRAINER_NODE, "image": request.image, "volumeMounts": _volume_mounts(request),
+                        "securityContext": dict(CONTAINER_SECURITY)}],
     }
     return {
         "apiVersion": TRAINER_API,
@@ -242,6 +249,7 @@ def _pytorch_replica(request: TrainingJobRequest, replicas: int) -> dict[str, An
         "env": _env_list(request),
         "resources": resources_per_node(request.profile, request.settings.procs_per_node),
         "volumeMounts": _volume_mounts(request),
+        "securityContext": dict(CONTAINER_SECURITY),
     }
     return {
         "replicas": replicas,

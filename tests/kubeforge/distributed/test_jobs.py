@@ -65,6 +65,15 @@ def test_trainjob_carries_nodes_processes_and_per_node_resources(platform):
                                            "limits": {"cpu": "48", "memory": "384Gi", "nvidia.com/gpu": "4"}}
 
 
+def assert_restricted(pod_spec):
+    """What the `restricted` Pod Security Standard of tenant namespaces demands of every pod."""
+    assert pod_spec["securityContext"]["runAsNonRoot"] is True
+    assert pod_spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    for container in pod_spec["containers"]:
+        assert container["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+    assert all(set(v) <= {"name", "persistentVolumeClaim", "emptyDir"} for v in pod_spec["volumes"])
+
+
 def test_trainjob_runtime_carries_placement_priority_pvc_and_restarts(platform):
     runtime = render_training_runtime(request_for(platform))
     assert (runtime["kind"], runtime["metadata"]["name"]) == ("TrainingRuntime", "kubeforge-train-abc")
@@ -86,6 +95,7 @@ def test_trainjob_runtime_carries_placement_priority_pvc_and_restarts(platform):
     assert container["name"] == "node"
     assert {"name": "checkpoints", "mountPath": "/mnt/kubeforge"} in container["volumeMounts"]
     assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+    assert_restricted(spec)
 
 
 def test_pytorchjob_has_a_master_and_workers_with_the_profile(platform):
@@ -108,6 +118,7 @@ def test_pytorchjob_has_a_master_and_workers_with_the_profile(platform):
         assert container["resources"]["requests"] == {"cpu": "32", "memory": "256Gi"}
         assert env_of(container)["HF_HOME"] == "/tmp/hf"
         assert container["args"] == ARGS
+        assert_restricted(pod)
         command = container["command"]
         assert command[:3] == ["torchrun", "--nnodes=3", "--nproc-per-node=4"]
         assert "--node-rank=$(RANK)" in command and command[-2:] == ["--module", "kubeforge.distributed.worker"]

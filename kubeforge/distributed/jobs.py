@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+import yaml
+
 from kubeforge.config import DistributedConfig, SchedulingProfile
 
 TRAINER_GROUP = "trainer.kubeflow.org"
@@ -284,3 +286,8 @@ def render_job_objects(request: TrainingJobRequest) -> list[dict[str, Any]]:
     if request.settings.job_kind == "trainjob":
         return [render_training_runtime(request), render_trainjob(request)]
     return [render_pytorchjob(request)]
+
+
+def manifests_yaml(request: TrainingJobRequest) -> str:
+    """The objects as one multi-document YAML stream, for a dry run or ``kubectl apply -f -``."""
+    return yaml.safe_dump_all(render_job_objects(request), sort_keys=False)

@@ -3,7 +3,7 @@ from pydantic import ValidationError
 
 from kubeforge.config import ConfigError, DistributedConfig, RunConfig, load_platform
 from kubeforge.distributed.jobs import (JOB_LABEL, KUEUE_QUEUE_LABEL, JobSpecError, TrainingJobRequest,
-                                        render_job_objects, render_pytorchjob, render_trainjob,
+                                        manifests_yaml, render_job_objects, render_pytorchjob, render_trainjob,
                                         render_training_runtime, resources_per_node, scale_quantity)
 
 ARGS = ["--splits", "/mnt/kubeforge/j/splits", "--config", "/mnt/kubeforge/j/train.json", "--output",
@@ -122,6 +122,14 @@ def test_pytorchjob_has_a_master_and_workers_with_the_profile(platform):
         command = container["command"]
         assert command[:3] == ["torchrun", "--nnodes=3", "--nproc-per-node=4"]
         assert "--node-rank=$(RANK)" in command and command[-2:] == ["--module", "kubeforge.distributed.worker"]
+
+
+def test_yaml_stream_holds_the_objects_in_creation_order(platform):
+    import yaml
+
+    documents = list(yaml.safe_load_all(manifests_yaml(request_for(platform))))
+    assert documents == render_job_objects(request_for(platform))
+    assert [d["kind"] for d in documents] == ["TrainingRuntime", "TrainJob"]
 
 
 def test_single_node_pytorchjob_has_no_workers(platform):

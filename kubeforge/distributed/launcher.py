@@ -246,6 +246,9 @@ class Launcher:
         self.check_api(kind, request.namespace)
         existing = self.get(kind, request.namespace, request.name)
         if existing is not None:
+            if existing.get("metadata", {}).get("labels", {}).get(MANAGED_BY_LABEL) != "kubeforge":
+                raise LaunchError(f"{kind.kind} {request.namespace}/{request.name} exists and was not made by "
+                                  "kubeforge; choose another job name")
             state, reason, message = job_state(existing, kind)
             if state == "Failed":
                 raise LaunchError(f"{kind.kind} {request.namespace}/{request.name} already exists and failed "

@@ -93,6 +93,8 @@ def run(
     try:
         outcome = orchestration.run_local(name, overrides, platform, profile=profile, runs_dir=runs_dir,
                                           enable_caching=cache)
+    except ConfigError as exc:
+        fail(str(exc))
     except orchestration.PipelineRunError as exc:
         fail(str(exc), code=1)
     print_summary(outcome.summary)

@@ -150,7 +150,8 @@ class ClusterConfig(_Section):
     build_context_size: str = Field("2Gi", pattern=r"^[0-9]+(\.[0-9]+)?(Mi|Gi|Ti)$",
                                     description="size of the PVC that carries the Bento context to the builder")
     build_timeout_s: int = Field(3600, ge=60, le=86_400, description="how long the build step waits for its Job")
-    distributed: bool = Field(False, description="train with the distributed-training job instead of one pod")
+    distributed_training: bool = Field(False, description="train with the distributed-training job (needs "
+                                                          "checkpoint_pvc) instead of in one pod")
     promote: bool = Field(False, description="after the gate, commit the serving values to the GitOps repo")
 
     @field_validator("serving_image")
@@ -221,6 +222,7 @@ class RunConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     compress: CompressConfig = Field(default_factory=CompressConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
 
     @classmethod
     def sections(cls) -> dict[str, type[_Section]]:

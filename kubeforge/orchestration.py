@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kubeforge.config import PlatformConfig, RunConfig
+from kubeforge.config import ConfigError, PlatformConfig, RunConfig
 
 
 class PipelineRunError(RuntimeError):
@@ -32,8 +32,13 @@ def resolve_params(pipeline: str, overrides: dict[str, Any]) -> dict[str, Any]:
     """Validated arguments of ``pipeline``: RunConfig defaults with the overrides applied (raises ConfigError)."""
     from kubeforge_pipelines import pipeline_entry
 
-    sections = pipeline_entry(pipeline).sections
-    return RunConfig.from_flat(overrides, sections).to_flat(sections)
+    entry = pipeline_entry(pipeline)
+    fixed = sorted(set(overrides) & set(entry.fixed))
+    if fixed:
+        raise ConfigError(f"parameter {fixed[0]!r} cannot be set for {pipeline}: it is fixed when the pipeline is "
+                          "compiled (a volume mount path must be static in KFP)")
+    flat = RunConfig.from_flat(overrides, entry.sections).to_flat(entry.sections)
+    return {name: value for name, value in flat.items() if name not in entry.fixed}
 
 
 def compile_pipeline(name: str, output: str | Path, platform: PlatformConfig, profile: str | None = None, *,
@@ -95,8 +100,11 @@ def run_local(name: str, overrides: dict[str, Any], platform: PlatformConfig, *,
               runs_dir: str | Path = "runs", enable_caching: bool = False) -> LocalRun:
     from kfp import local
 
-    from kubeforge_pipelines import build_pipeline
+    from kubeforge_pipelines import build_pipeline, pipeline_entry
 
+    reason = pipeline_entry(name).cluster_only
+    if reason:
+        raise ConfigError(f"{name} runs only on a Kubeflow cluster (kubeforge submit): {reason}")
     params = resolve_params(name, overrides)
     profile_name = platform.profile(profile or platform.default_profile).name
     pipeline = build_pipeline(name, platform, profile_name)

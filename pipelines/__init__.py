@@ -13,10 +13,13 @@ class PipelineEntry:
     build: Callable[[Placement], Callable]
     sections: tuple[str, ...]  # the RunConfig sections whose fields are this pipeline's parameters
     description: str
+    fixed: tuple[str, ...] = ()  # fields of those sections kept at their default: KFP needs them at compile time
+    cluster_only: str = ""  # why kfp.local cannot run it ('' = it can)
 
 
 PIPELINES: dict[str, PipelineEntry] = {
-    module.NAME: PipelineEntry(module.build, module.SECTIONS, module.DESCRIPTION)
+    module.NAME: PipelineEntry(module.build, module.SECTIONS, module.DESCRIPTION, getattr(module, "FIXED", ()),
+                               getattr(module, "CLUSTER_ONLY", ""))
     for module in (train_compress, train_compress_cluster, train_evaluate)
 }
 DEFAULT_PIPELINE = train_compress.NAME

@@ -1,15 +1,17 @@
 """train-compress-cluster: the default pipeline as it runs on a Kubeflow cluster.
 
-Same steps and parameters as train-compress (training on the heavy profile, caching off for it), plus, when
-``serving_image`` is set, an in-cluster build of the serving image from the packaged Bento context (Kaniko or
-BuildKit Job over a PVC that lives only as long as the build).
+Same steps and parameters as train-compress (training on the heavy profile, caching off for it), plus:
+- ``distributed_training``: train with the train-distributed step instead (a TrainJob/PyTorchJob of ``nodes`` x
+  ``procs_per_node`` on the heavy profile, launched by a light step that mounts ``checkpoint_pvc``);
+- ``serving_image``: build and push the serving image in the cluster from the packaged Bento context (Kaniko or
+  BuildKit Job over a PVC that lives only as long as the build).
 """
 
 from collections.abc import Callable
 
 from kfp import dsl, kubernetes
 
-from kubeforge.config import RunConfig
+from kubeforge.config import DistributedConfig, RunConfig
 from kubeforge_components.build_image import CONTEXT_MOUNT, NODE_NAME_ENV, build_image
 from kubeforge_components.compress import compress
 from kubeforge_components.evaluate import evaluate
@@ -17,12 +19,18 @@ from kubeforge_components.package import package
 from kubeforge_components.preprocess import preprocess
 from kubeforge_components.report import report
 from kubeforge_components.train import train
+from kubeforge_components.train_distributed import train_distributed
 from kubeforge_pipelines.scheduling import Placement
 
 NAME = "train-compress-cluster"
 DESCRIPTION = ("train-compress on a Kubeflow cluster: GPU training, compression behind the accuracy gate, "
                "and an in-cluster build of the serving image.")
-SECTIONS = ("data", "model", "train", "compress", "cluster")
+SECTIONS = ("data", "model", "train", "compress", "cluster", "distributed")
+# KFP mounts volumes at compile-time paths, so the checkpoint PVC's mount path is not a run parameter
+FIXED = ("checkpoint_mount",)
+CHECKPOINT_MOUNT = DistributedConfig().checkpoint_mount
+CLUSTER_ONLY = ("kfp.local cannot pass a dsl.OneOf artifact out of the training branches; "
+                "run train-compress locally (the same steps)")
 D = RunConfig().to_flat(SECTIONS)
 
 
@@ -65,31 +73,52 @@ def build(placement: Placement) -> Callable:
         registry_secret: str = D["registry_secret"],
         build_context_size: str = D["build_context_size"],
         build_timeout_s: int = D["build_timeout_s"],
-        distributed: bool = D["distributed"],
+        distributed_training: bool = D["distributed_training"],
         promote: bool = D["promote"],
+        nodes: int = D["nodes"],
+        procs_per_node: int = D["procs_per_node"],
+        dist_backend: str = D["dist_backend"],
+        job_kind: str = D["job_kind"],
+        checkpoint_pvc: str = D["checkpoint_pvc"],
+        max_restarts: int = D["max_restarts"],
+        job_timeout_s: int = D["job_timeout_s"],
     ) -> dsl.HTML:
         data = preprocess(dataset=dataset, label_column=label_column, val_fraction=val_fraction,
                           test_fraction=test_fraction, split_seed=split_seed)
-        trained = train(splits=data.outputs["splits"], model=model, hidden_sizes=hidden_sizes, channels=channels,
+        training = dict(splits=data.outputs["splits"], model=model, hidden_sizes=hidden_sizes, channels=channels,
                         dropout=dropout, epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
                         weight_decay=weight_decay, patience=patience, seed=seed, device=device,
                         mixed_precision=mixed_precision, warm_start=warm_start)
-        scored = evaluate(splits=data.outputs["splits"], trained_model=trained.outputs["trained_model"], seed=seed)
+        with dsl.If(distributed_training == True, name="distributed-training"):  # noqa: E712 (a KFP condition)
+            launched = train_distributed(
+                **training, nodes=nodes, procs_per_node=procs_per_node, dist_backend=dist_backend,
+                job_kind=job_kind, checkpoint_pvc=checkpoint_pvc, checkpoint_mount=CHECKPOINT_MOUNT,
+                max_restarts=max_restarts, job_timeout_s=job_timeout_s, training_profile=placement.heavy.name,
+                training_image=placement.image)
+            launched.set_display_name("train-distributed")
+            launched.set_caching_options(placement.cache_training)
+            placement.step(launched)  # it only launches and waits; the job's pods get the heavy profile
+            kubernetes.mount_pvc(launched, pvc_name=checkpoint_pvc, mount_path=CHECKPOINT_MOUNT)
+        with dsl.Else(name="single-pod-training"):
+            trained = train(**training)
+            trained.set_display_name("train")
+            placement.training(trained)
+        model_artifact = dsl.OneOf(launched.outputs["trained_model"], trained.outputs["trained_model"])
+        scored = evaluate(splits=data.outputs["splits"], trained_model=model_artifact, seed=seed)
         compressed = compress(
-            splits=data.outputs["splits"], trained_model=trained.outputs["trained_model"],
+            splits=data.outputs["splits"], trained_model=model_artifact,
             compress_methods=compress_methods, max_accuracy_drop=max_accuracy_drop, objective=objective,
             prune_fraction=prune_fraction, target_sparsity=target_sparsity, finetune_epochs=finetune_epochs,
             student_hidden_sizes=student_hidden_sizes, distill_epochs=distill_epochs,
             distill_temperature=distill_temperature, distill_alpha=distill_alpha,
             calibration_batches=calibration_batches, bench_runs=bench_runs, bench_threads=bench_threads)
-        summary = report(splits=data.outputs["splits"], trained_model=trained.outputs["trained_model"],
+        summary = report(splits=data.outputs["splits"], trained_model=model_artifact,
                          evaluation=scored.outputs["evaluation"],
                          compressed_model=compressed.outputs["compressed_model"])
         packaged = package(model=compressed.outputs["compressed_model"])
-        for task, name in ((data, "preprocess"), (trained, "train"), (scored, "evaluate"),
-                           (compressed, "compress"), (packaged, "package"), (summary, "report")):
+        for task, name in ((data, "preprocess"), (scored, "evaluate"), (compressed, "compress"),
+                           (packaged, "package"), (summary, "report")):
             task.set_display_name(name)
-        placement.training(trained)
         for task in (data, scored, compressed, packaged, summary):
             placement.step(task)  # latency is measured on CPU, where the model will be served
 

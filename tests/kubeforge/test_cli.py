@@ -18,6 +18,8 @@ def invoke(*args: str):
     (["run", "train-evaluate", "-p", "objective=size"], "unknown parameter 'objective'"),
     (["run", "-p", "compress_methods=[zip]"], "unknown compression method 'zip'"),
     (["run", "-p", "epoch=3"], "unknown parameter 'epoch'"),
+    (["run", "train-compress-cluster"], "train-compress-cluster runs only on a Kubeflow cluster (kubeforge submit)"),
+    (["run", "train-compress-cluster", "-p", "checkpoint_mount=/x"], "parameter 'checkpoint_mount' cannot be set"),
     (["run", "-p", "epochs=many"], "epochs: Input should be a valid integer"),
     (["run", "-p", "epochs"], "'epochs' is not of the form key=value"),
     (["run", "-p", "learning_rate=-1"], "learning_rate: Input should be greater than 0"),

@@ -22,8 +22,17 @@ class CompiledPipeline:
     def k8s(self, task: str) -> dict:
         return self.kubernetes.get(f"exec-{task}", {})
 
+    def dags(self) -> list[dict]:
+        """The root DAG and every sub-DAG (dsl.If/Else branches are components with their own DAG)."""
+        return [self.spec["root"]["dag"]] + [c["dag"] for c in self.spec["components"].values() if "dag" in c]
+
     def task(self, task: str) -> dict:
-        return self.spec["root"]["dag"]["tasks"][task]
+        (found,) = [dag["tasks"][task] for dag in self.dags() if task in dag["tasks"]]
+        return found
+
+    def task_named(self, display: str) -> dict:
+        (found,) = [t for dag in self.dags() for t in dag["tasks"].values() if t["taskInfo"]["name"] == display]
+        return found
 
 
 @pytest.fixture(scope="session")

@@ -6,9 +6,10 @@ import inspect
 import pytest
 
 from kubeforge.config import ConfigError, RunConfig, load_platform, runtime_image
-from kubeforge.orchestration import compile_pipeline
+from kubeforge.orchestration import compile_pipeline, resolve_params
 from kubeforge_components.build_image import CONTEXT_MOUNT, NODE_NAME_ENV
 from kubeforge_pipelines import PIPELINES, build_pipeline
+from kubeforge_pipelines.train_compress_cluster import CHECKPOINT_MOUNT
 from tests.pipelines.conftest import CompiledPipeline
 
 PROFILES = [p.name for p in load_platform().profiles]
@@ -25,7 +26,16 @@ def test_the_cluster_pipeline_is_registered():
 def test_pipeline_parameters_are_exactly_the_config_fields_with_the_same_defaults(platform, name):
     signature = inspect.signature(build_pipeline(name, platform).pipeline_func)
     defaults = {name: parameter.default for name, parameter in signature.parameters.items()}
-    assert defaults == RunConfig().to_flat(PIPELINES[name].sections)
+    entry = PIPELINES[name]
+    expected = RunConfig().to_flat(entry.sections)
+    assert defaults == {key: value for key, value in expected.items() if key not in entry.fixed}
+    assert set(entry.fixed) <= set(expected)
+
+
+def test_a_compile_time_setting_cannot_be_passed_as_a_run_parameter():
+    with pytest.raises(ConfigError, match="parameter 'checkpoint_mount' cannot be set for train-compress-cluster"):
+        resolve_params("train-compress-cluster", {"checkpoint_mount": "/data"})
+    assert "checkpoint_mount" not in resolve_params("train-compress-cluster", {"nodes": 2})
 
 
 @pytest.mark.parametrize("pipeline", sorted(PIPELINES))
@@ -115,11 +125,11 @@ def test_a_malformed_image_setting_is_refused_before_compiling(tmp_path, monkeyp
 
 def test_cluster_pipeline_builds_the_serving_image_only_when_asked(compile_with):
     ir = compile_with("train-compress-cluster", "gpu-a100")
-    condition = ir.task("condition-1")
+    condition = ir.task_named("serving-image-requested")
     assert condition["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--serving_image'] != ''"
     assert condition["inputs"]["artifacts"]["pipelinechannel--package-build_context"]["taskOutputArtifact"] == \
         {"outputArtifactKey": "build_context", "producerTask": "package"}
-    inner = ir.spec["components"]["comp-condition-1"]["dag"]["tasks"]
+    inner = ir.spec["components"][condition["componentRef"]["name"]]["dag"]["tasks"]
     assert set(inner) == {"createpvc", "build-image", "deletepvc"}
     assert inner["deletepvc"]["dependentTasks"] == ["build-image", "createpvc"]  # the volume outlives the build only
     assert inner["build-image"]["cachingOptions"].get("enableCache", False) is False  # a push is a side effect
@@ -132,3 +142,33 @@ def test_cluster_build_step_gets_the_context_volume_and_its_node_name(compile_wi
     assert mount["pvcNameParameter"]["taskOutputParameter"] == {"outputParameterKey": "name",
                                                                  "producerTask": "createpvc"}
     assert {"name": NODE_NAME_ENV, "fieldPath": "spec.nodeName"} in k8s["fieldPathAsEnv"]
+
+
+@pytest.mark.parametrize("profile_name", PROFILES)
+def test_cluster_pipeline_trains_distributed_only_when_asked_on_the_profile(compile_with, platform, profile_name):
+    ir = compile_with("train-compress-cluster", profile_name)
+    branch = ir.task_named("distributed-training")
+    assert branch["triggerPolicy"]["condition"] == \
+        "inputs.parameter_values['pipelinechannel--distributed_training'] == true"
+    launcher = ir.task("train-distributed")
+    constants = {name: value["runtimeValue"]["constant"] for name, value in launcher["inputs"]["parameters"].items()
+                 if "runtimeValue" in value}
+    assert constants["training_profile"] == profile_name  # the job's pods take the profile's GPUs and placement
+    assert constants["training_image"] == runtime_image(platform)
+    assert constants["checkpoint_mount"] == CHECKPOINT_MOUNT
+    assert launcher["cachingOptions"].get("enableCache", False) is False
+    default = platform.profile(platform.default_profile)
+    resources = ir.resources("train-distributed")  # the launcher itself only waits: default profile, no GPU
+    assert resources["resourceCpuRequest"] == default.cpu_request and "accelerator" not in resources
+    (mount,) = ir.k8s("train-distributed")["pvcMount"]
+    assert mount["mountPath"] == CHECKPOINT_MOUNT
+    assert mount["pvcNameParameter"] == {"componentInputParameter": "pipelinechannel--checkpoint_pvc"}
+
+
+def test_cluster_pipeline_steps_after_training_take_whichever_branch_ran(compile_with):
+    ir = compile_with("train-compress-cluster", "gpu-a100")
+    branches = ir.task_named("condition-branches-1")
+    (oneof,) = ir.spec["components"][branches["componentRef"]["name"]]["outputDefinitions"]["artifacts"]
+    for step in ("evaluate", "compress", "report"):
+        source = ir.task(step)["inputs"]["artifacts"]["trained_model"]["taskOutputArtifact"]
+        assert source == {"outputArtifactKey": oneof, "producerTask": "condition-branches-1"}, step

@@ -172,10 +172,17 @@ def main(argv: Sequence[str] | None = None,
         print(f"error: {exc}", file=sys.stderr)
         return 2
     join_process_group(rendezvous, backend)
+
+    def log_epoch(epoch: int, record: dict) -> None:  # one JSON line per epoch: what a pod's log should show
+        if rendezvous.primary:
+            print(json.dumps({"epoch_end": record}), flush=True)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, record)
+
     try:
         result = train_distributed(args.splits, args.output, model_config, train_config,
                                    resume=not args.no_resume, progress=not args.no_progress,
-                                   on_epoch_end=on_epoch_end)
+                                   on_epoch_end=log_epoch)
     except BaseException:
         abandon_process_group()  # no barrier: the other ranks may never reach it
         raise

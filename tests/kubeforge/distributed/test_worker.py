@@ -113,7 +113,9 @@ def test_single_process_worker_matches_the_train_step_layout(digits_dir, tmp_pat
     output = tmp_path / "model"
     assert main(["--splits", str(digits_dir), "--config", str(config), "--output", str(output),
                  "--no-progress"]) == 0
-    assert json.loads(capsys.readouterr().out)["world_size"] == 1
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["epoch_end"]["epoch"] for line in lines[:-1]] == [1, 2]
+    assert lines[-1]["world_size"] == 1 and lines[-1]["epochs_run"] == 2
     assert {"model.safetensors", "model.json", "training"} <= {p.name for p in output.iterdir()}
     result = load_train_result(output)
     assert result["world_size"] == 1 and result["epochs_run"] == 2
@@ -133,7 +135,9 @@ def test_two_processes_reach_the_single_process_accuracy(two_process_run, digits
     result = load_train_result(ddp_output)
     assert result["world_size"] == 2 and result["epochs_run"] == EPOCHS
     assert [h["epoch"] for h in result["history"]] == list(range(1, EPOCHS + 1))
-    assert '"world_size": 2' in done.stdout  # only rank 0 reports
+    reports = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert [r["epoch_end"]["epoch"] for r in reports if "epoch_end" in r] == list(range(1, EPOCHS + 1))
+    assert [r["world_size"] for r in reports if "world_size" in r] == [2]  # only rank 0 reports
 
 
 @pytest.mark.slow

@@ -446,4 +446,6 @@ class SubmitConfig(_Section):
     def _one_way_in(self) -> SubmitConfig:
         if not self.host and not self.kube_context:
             raise ValueError("give --host URL (the KFP API endpoint) or --kube-context NAME")
+        if self.host and self.kube_context:
+            raise ValueError("give --host or --kube-context, not both")
         return self

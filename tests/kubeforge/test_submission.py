@@ -138,6 +138,8 @@ def test_enable_caching_is_compiled_into_the_training_task(workdir):
     (["--namespace", "Team_A", "--host", "https://kfp.example.com"],
      "namespace: Value error, 'Team_A' is not a DNS-1123 label"),
     (["--namespace", "team-a"], "give --host URL (the KFP API endpoint) or --kube-context NAME"),
+    (["--namespace", "team-a", "--host", "https://kfp.example.com", "--kube-context", "prod"],
+     "give --host or --kube-context, not both"),
     (["--namespace", "team-a", "--host", "kfp.example.com"],
      "host: Value error, 'kfp.example.com' is not an http(s):// URL"),
     (["--namespace", "team-a", "--host", "https://kfp.example.com", "-p", "epoch=3"], "unknown parameter 'epoch'"),

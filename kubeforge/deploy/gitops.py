@@ -169,9 +169,9 @@ def commit_message(tenant: str, env: str, app: str, evidence: Evidence) -> str:
 
 
 def _check_names(tenant: str, env: str, app: str) -> None:
-    for label, value in (("tenant", tenant), ("env", env), ("app", app)):
-        if not _DNS_LABEL.match(value) or len(value) > 53:  # 53: Helm's limit on a release name
-            raise PromotionError(f"{label} {value!r} is not a DNS-1123 label of at most 53 characters")
+    for label, value, limit in (("tenant", tenant, 63), ("env", env, 63), ("app", app, 53)):  # 53: Helm release
+        if not _DNS_LABEL.match(value) or len(value) > limit:
+            raise PromotionError(f"{label} {value!r} is not a DNS-1123 label of at most {limit} characters")
 
 
 def _commit_release(repo: Path, model_source: Path, evidence: Evidence, *, tenant: str, env: str, app: str,

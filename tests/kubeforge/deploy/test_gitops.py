@@ -119,6 +119,8 @@ def test_refuses_unknown_tenant_env_and_names_and_an_unfinished_run(repo, run_di
         promote_prod(repo, run_dir, env="staging")
     with pytest.raises(PromotionError, match="app 'Bad_Name' is not a DNS-1123 label"):
         promote_prod(repo, run_dir, app="Bad_Name")
+    with pytest.raises(PromotionError, match="at most 53 characters"):  # Helm's limit on a release name
+        promote_prod(repo, run_dir, app="a" * 54)
     (run_dir / "summary.json").unlink()
     with pytest.raises(PromotionError, match="has no summary.json"):
         promote_prod(repo, run_dir)

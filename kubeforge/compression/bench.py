@@ -1,8 +1,10 @@
 """The one measurement harness for the baseline and every candidate, so numbers are comparable.
 
-Latency: warm-up, a fixed intra-op thread count, at least ``runs`` timed calls at batch 1 and batch 32; p50/p99 from
-the per-call times. Size: the bytes of the model file as saved (and gzip-compressed, which is where unstructured
-sparsity shows). CPU flags and library versions are recorded because int8 speed depends on them.
+Latency: a fixed intra-op thread count, at least ``runs`` timed calls at batch 1 and batch 32, each call returning
+class probabilities (so the softmax is timed for every candidate); p50/p99 from the per-call times. ``measure_all``
+times the baseline and the candidates in interleaved rounds, each round re-warmed, so load from other processes on a
+shared machine lands on all of them alike. Size: the bytes of the model file as saved (and gzip-compressed, which is
+where unstructured sparsity shows). CPU flags and library versions are recorded because int8 speed depends on them.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import os
 import platform
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -27,6 +30,7 @@ from kubeforge.compression.quantize import dynamic_int8_linear_type
 
 WARMUP = 10
 BATCHES = (1, 32)
+ROUNDS = 5
 
 
 @dataclass
@@ -75,13 +79,17 @@ def environment() -> dict:
             "versions": versions}
 
 
-def _latencies_ms(predict, X: np.ndarray, batch: int, runs: int) -> np.ndarray:
-    rows = np.resize(np.arange(len(X)), (runs + WARMUP) * batch).reshape(runs + WARMUP, batch)
-    inputs = [np.ascontiguousarray(X[r]) for r in rows]
+def _batches(X: np.ndarray, batch: int, count: int) -> list[np.ndarray]:
+    rows = np.resize(np.arange(len(X)), count * batch).reshape(count, batch)
+    return [np.ascontiguousarray(X[r]) for r in rows]
+
+
+def _latencies_ms(predict, inputs: list[np.ndarray]) -> np.ndarray:
     for item in inputs[:WARMUP]:
         predict(item)
-    times = np.empty(runs)
-    for i, item in enumerate(inputs[WARMUP:]):
+    timed = inputs[WARMUP:]
+    times = np.empty(len(timed))
+    for i, item in enumerate(timed):
         started = time.perf_counter_ns()
         predict(item)
         times[i] = (time.perf_counter_ns() - started) / 1e6
@@ -105,19 +113,52 @@ def _parameters(candidate: Candidate) -> int:
 
 def measure(candidate: Candidate, X_test: np.ndarray, y_test: np.ndarray, *, threads: int, runs: int,
             baseline: Measurement | None = None) -> Measurement:
+    """One candidate on its own (one round); compare candidates with ``measure_all``."""
+    (predicted, b1, b32), = _time_side_by_side([candidate], X_test, threads=threads, runs=runs, rounds=1)
+    return _measurement(candidate, predicted, y_test, b1, b32, baseline)
+
+
+def measure_all(candidates: Sequence[Candidate], X_test: np.ndarray, y_test: np.ndarray, *, threads: int, runs: int,
+                rounds: int = ROUNDS) -> list[Measurement]:
+    """The first candidate is the baseline; all are timed side by side in ``rounds`` interleaved rounds."""
+    if not candidates:
+        raise ValueError("measure_all needs at least the baseline")
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    timed = _time_side_by_side(candidates, X_test, threads=threads, runs=runs, rounds=rounds)
+    predicted, b1, b32 = timed[0]
+    baseline = _measurement(candidates[0], predicted, y_test, b1, b32, None)
+    return [baseline] + [_measurement(candidate, predicted, y_test, b1, b32, baseline)
+                         for candidate, (predicted, b1, b32) in zip(candidates[1:], timed[1:], strict=True)]
+
+
+def _time_side_by_side(candidates: Sequence[Candidate], X_test: np.ndarray, *, threads: int, runs: int,
+                       rounds: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per candidate: predicted labels on X_test, batch-1 and batch-32 latencies (ms)."""
+    per_round = -(-runs // rounds)  # at least ``runs`` timed calls in all
+    inputs = {batch: [_batches(X_test, batch, per_round + WARMUP) for _ in range(rounds)] for batch in BATCHES}
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        predictors = [candidate_predictor(candidate, threads) for candidate in candidates]
+        predicted = [predict(X_test).argmax(axis=1) for predict in predictors]
+        times: list[dict[int, list[np.ndarray]]] = [{batch: [] for batch in BATCHES} for _ in candidates]
+        for round_index in range(rounds):
+            for batch in BATCHES:
+                for index, predict in enumerate(predictors):
+                    times[index][batch].append(_latencies_ms(predict, inputs[batch][round_index]))
+    finally:
+        torch.set_num_threads(previous_threads)
+    return [(labels, np.concatenate(latencies[1]), np.concatenate(latencies[32]))
+            for labels, latencies in zip(predicted, times, strict=True)]
+
+
+def _measurement(candidate: Candidate, predicted: np.ndarray, y_test: np.ndarray, b1: np.ndarray, b32: np.ndarray,
+                 baseline: Measurement | None) -> Measurement:
     with tempfile.TemporaryDirectory() as tmp:
         model_file = save_candidate(candidate, tmp)
         size = model_file.stat().st_size
         gzip_size = len(gzip.compress(model_file.read_bytes(), compresslevel=6))
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        predict = candidate_predictor(candidate, threads)
-        predicted = predict(X_test).argmax(axis=1)
-        b1 = _latencies_ms(predict, X_test, 1, runs)
-        b32 = _latencies_ms(predict, X_test, 32, runs)
-    finally:
-        torch.set_num_threads(previous_threads)
     accuracy = float(np.mean(predicted == y_test))
     sparsity = onnx_sparsity(candidate.onnx) if candidate.onnx is not None else (
         weight_sparsity(candidate.module) if candidate.spec.precision != "int8-dynamic" else 0.0)

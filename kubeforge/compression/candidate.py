@@ -18,7 +18,7 @@ class Candidate:
     name: str
     spec: ModelSpec  # the architecture and precision actually stored
     module: nn.Module | None = None  # torch form (fp32/fp16/bf16/int8-dynamic)
-    onnx: bytes | None = None  # ONNX form (input "features" raw float32, output "logits")
+    onnx: bytes | None = None  # ONNX form (input "features" raw float32; outputs "logits", "probabilities")
     notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kubeforge.compression.artifact import save_candidate
-from kubeforge.compression.bench import Measurement, environment, measure
+from kubeforge.compression.bench import environment, measure_all
 from kubeforge.compression.candidate import Candidate, CompressionError, linear_layers
 from kubeforge.compression.cast import cast
 from kubeforge.compression.distill import distill
@@ -133,17 +133,16 @@ def compress_step(splits_dir: str | Path, model_dir: str | Path, out_dir: str | 
     context = _Context(splits=splits, config=config)
     validate_request(baseline, context)
 
-    base = measure(baseline, splits.X_test, splits.y_test, threads=config.bench_threads, runs=config.bench_runs)
-    measurements: list[Measurement] = []
     built: dict[str, Candidate] = {}
+    build_seconds: dict[str, float] = {}
     for chain in config.compress_methods:
         started = time.perf_counter()
-        candidate = build_chain(baseline, chain, context)
-        built[chain] = candidate
-        result = measure(candidate, splits.X_test, splits.y_test, threads=config.bench_threads,
-                         runs=config.bench_runs, baseline=base)
-        result.notes.append(f"built in {time.perf_counter() - started:.1f} s")
-        measurements.append(result)
+        built[chain] = build_chain(baseline, chain, context)
+        build_seconds[chain] = time.perf_counter() - started
+    base, *measurements = measure_all([baseline, *built.values()], splits.X_test, splits.y_test,
+                                      threads=config.bench_threads, runs=config.bench_runs)
+    for chain, result in zip(built, measurements, strict=True):
+        result.notes.append(f"built in {build_seconds[chain]:.1f} s")
 
     report = {"baseline": base.to_dict(), "candidates": [m.to_dict() for m in measurements],
               "max_accuracy_drop": config.max_accuracy_drop, "objective": config.objective,

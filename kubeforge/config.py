@@ -152,7 +152,16 @@ class ClusterConfig(_Section):
     build_timeout_s: int = Field(3600, ge=60, le=86_400, description="how long the build step waits for its Job")
     distributed_training: bool = Field(False, description="train with the distributed-training job (needs "
                                                           "checkpoint_pvc) instead of in one pod")
-    promote: bool = Field(False, description="after the gate, commit the serving values to the GitOps repo")
+    promote: bool = Field(False, description="after the image build, commit the serving values to the GitOps repo "
+                                             "and push (needs serving_image, promote_tenant, gitops_repo_url)")
+    promote_tenant: str = Field("", pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$", max_length=63,
+                                description="tenant whose apps/<tenant>/<env>/<app> values the promotion writes")
+    promote_env: str = Field("dev", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", description="environment, e.g. prod")
+    serving_app: str = Field("classifier", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+                             description="application name under apps/<tenant>/")
+    serving_profile: str = Field("", description="scheduling profile of the served model ('' = platform default)")
+    gitops_repo_url: str = Field("", description="HTTPS URL of the GitOps repository the promotion pushes to")
+    gitops_branch: str = Field("main", min_length=1, description="branch the promotion commits to")
 
     @field_validator("serving_image")
     @classmethod
@@ -162,6 +171,13 @@ class ClusterConfig(_Section):
         if value and not re.match(IMAGE_REFERENCE_PATTERN, value):
             raise ValueError(f"{value!r} is not an image reference (registry/repository:tag or @sha256:<64 hex>)")
         return value
+
+    @model_validator(mode="after")
+    def _promotion_is_complete(self) -> ClusterConfig:
+        missing = [name for name in ("serving_image", "promote_tenant", "gitops_repo_url") if not getattr(self, name)]
+        if self.promote and missing:
+            raise ValueError(f"promote=true needs {', '.join(missing)} (the image it promotes, the tenant, the repo)")
+        return self
 
 
 class ServeConfig(_Section):

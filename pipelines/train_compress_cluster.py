@@ -4,7 +4,9 @@ Same steps and parameters as train-compress (training on the heavy profile, cach
 - ``distributed_training``: train with the train-distributed step instead (a TrainJob/PyTorchJob of ``nodes`` x
   ``procs_per_node`` on the heavy profile, launched by a light step that mounts ``checkpoint_pvc``);
 - ``serving_image``: build and push the serving image in the cluster from the packaged Bento context (Kaniko or
-  BuildKit Job over a PVC that lives only as long as the build).
+  BuildKit Job over a PVC that lives only as long as the build);
+- ``promote`` (with a serving image): commit that image's serving values for ``promote_tenant``/``promote_env`` to
+  the GitOps repository and push, the gate's evidence in the message.
 """
 
 from collections.abc import Callable
@@ -12,11 +14,13 @@ from collections.abc import Callable
 from kfp import dsl, kubernetes
 
 from kubeforge.config import DistributedConfig, RunConfig
+from kubeforge.deploy.gitops import CREDENTIALS_SECRET, SECRET_KEY_TO_ENV
 from kubeforge_components.build_image import CONTEXT_MOUNT, NODE_NAME_ENV, build_image
 from kubeforge_components.compress import compress
 from kubeforge_components.evaluate import evaluate
 from kubeforge_components.package import package
 from kubeforge_components.preprocess import preprocess
+from kubeforge_components.promote import promote as promote_release
 from kubeforge_components.report import report
 from kubeforge_components.train import train
 from kubeforge_components.train_distributed import train_distributed
@@ -75,6 +79,12 @@ def build(placement: Placement) -> Callable:
         build_timeout_s: int = D["build_timeout_s"],
         distributed_training: bool = D["distributed_training"],
         promote: bool = D["promote"],
+        promote_tenant: str = D["promote_tenant"],
+        promote_env: str = D["promote_env"],
+        serving_app: str = D["serving_app"],
+        serving_profile: str = D["serving_profile"],
+        gitops_repo_url: str = D["gitops_repo_url"],
+        gitops_branch: str = D["gitops_branch"],
         nodes: int = D["nodes"],
         procs_per_node: int = D["procs_per_node"],
         dist_backend: str = D["dist_backend"],
@@ -136,6 +146,19 @@ def build(placement: Placement) -> Callable:
             kubernetes.use_field_path_as_env(built, env_name=NODE_NAME_ENV, field_path="spec.nodeName")
             cleanup = kubernetes.DeletePVC(pvc_name=context.outputs["name"]).after(built)
             cleanup.set_display_name("delete-build-context-volume")
+
+            with dsl.If(promote == True, name="promotion-requested"):  # noqa: E712 (a KFP condition)
+                promoted = promote_release(
+                    compressed_model=compressed.outputs["compressed_model"],
+                    compression_json=compressed.outputs["compression_json"], tenant=promote_tenant, env=promote_env,
+                    image=built.outputs["Output"], profile=serving_profile, repo_url=gitops_repo_url,
+                    branch=gitops_branch, run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, app=serving_app,
+                    pipeline_name=NAME)
+                promoted.set_display_name("promote")
+                promoted.set_caching_options(False)  # a cached promotion would push nothing
+                placement.step(promoted)
+                kubernetes.use_secret_as_env(promoted, secret_name=CREDENTIALS_SECRET,
+                                             secret_key_to_env=SECRET_KEY_TO_ENV)
         return summary.outputs["run_report"]
 
     return train_compress_cluster

@@ -62,7 +62,8 @@ def test_train_task_carries_the_profile(compile_with, platform, profile_name, pi
 
 @pytest.mark.parametrize("pipeline, light", [("train-compress", LIGHT_TASKS + ("compress", "package")),
                                              ("train-compress-cluster",
-                                              LIGHT_TASKS + ("compress", "package", "build-image"))])
+                                              LIGHT_TASKS + ("compress", "package", "build-image", "promote",
+                                                             "train-distributed"))])
 @pytest.mark.parametrize("profile_name", PROFILES)
 def test_every_other_step_stays_on_the_default_profile_with_requests(compile_with, platform, pipeline, light,
                                                                      profile_name):
@@ -130,7 +131,8 @@ def test_cluster_pipeline_builds_the_serving_image_only_when_asked(compile_with)
     assert condition["inputs"]["artifacts"]["pipelinechannel--package-build_context"]["taskOutputArtifact"] == \
         {"outputArtifactKey": "build_context", "producerTask": "package"}
     inner = ir.spec["components"][condition["componentRef"]["name"]]["dag"]["tasks"]
-    assert set(inner) == {"createpvc", "build-image", "deletepvc"}
+    assert {t["taskInfo"]["name"] for t in inner.values()} == {
+        "create-build-context-volume", "build-image", "delete-build-context-volume", "promotion-requested"}
     assert inner["deletepvc"]["dependentTasks"] == ["build-image", "createpvc"]  # the volume outlives the build only
     assert inner["build-image"]["cachingOptions"].get("enableCache", False) is False  # a push is a side effect
 
@@ -172,3 +174,32 @@ def test_cluster_pipeline_steps_after_training_take_whichever_branch_ran(compile
     for step in ("evaluate", "compress", "report"):
         source = ir.task(step)["inputs"]["artifacts"]["trained_model"]["taskOutputArtifact"]
         assert source == {"outputArtifactKey": oneof, "producerTask": "condition-branches-1"}, step
+
+
+def test_cluster_pipeline_promotes_the_built_image_only_when_asked(compile_with, platform):
+    ir = compile_with("train-compress-cluster", "gpu-a100")
+    build_branch = ir.task_named("serving-image-requested")
+    inner = ir.spec["components"][build_branch["componentRef"]["name"]]["dag"]["tasks"]
+    (gate,) = [t for t in inner.values() if t["taskInfo"]["name"] == "promotion-requested"]
+    assert gate["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--promote'] == true"
+    assert gate["dependentTasks"] == ["build-image"]
+    promote = ir.task("promote")
+    parameters = promote["inputs"]["parameters"]
+    assert parameters["image"] == {"componentInputParameter": "pipelinechannel--build-image-Output"}
+    assert parameters["run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_name}}"
+    assert promote["inputs"]["artifacts"]["compressed_model"] == \
+        {"componentInputArtifact": "pipelinechannel--compress-compressed_model"}
+    assert promote["cachingOptions"].get("enableCache", False) is False
+    (secret,) = ir.k8s("promote")["secretAsEnv"]
+    assert secret["secretName"] == "kubeforge-gitops-credentials"
+    assert {e["envVar"] for e in secret["keyToEnv"]} == {"GITOPS_USERNAME", "GITOPS_TOKEN"}
+    assert "accelerator" not in ir.resources("promote")
+
+
+def test_promotion_without_its_settings_is_refused_before_anything_runs():
+    with pytest.raises(ConfigError, match="promote=true needs serving_image, promote_tenant, gitops_repo_url"):
+        resolve_params("train-compress-cluster", {"promote": True})
+    done = resolve_params("train-compress-cluster", {
+        "promote": True, "serving_image": "registry.example.com/a/clf:1", "promote_tenant": "team-a",
+        "gitops_repo_url": "https://git.example.com/platform/gitops.git"})
+    assert done["promote"] is True and done["promote_env"] == "dev"

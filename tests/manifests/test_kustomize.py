@@ -74,6 +74,20 @@ def test_tenant_flux_objects_stay_in_their_namespace_as_their_account():
     assert len(objects) == 5 * len(TENANTS)
 
 
+@pytest.mark.parametrize("env", environments(MANIFESTS.parent))
+def test_tenant_apps_paths_exist_once_the_cluster_substitutes_its_env(env):
+    """What Flux's postBuild substitution makes of each tenant's apps path must be a buildable directory."""
+    (apps,) = [o for o in build(MANIFESTS / "flux" / "clusters" / env) if o["metadata"]["name"] == "apps"]
+    variables = apps["spec"]["postBuild"]["substitute"]
+    for obj in build(MANIFESTS / "flux" / "tenants"):
+        if obj["kind"] == "Kustomization":
+            path = obj["spec"]["path"]
+            for name, value in variables.items():
+                path = path.replace(f"${{{name}}}", value)
+            assert "$" not in path and (MANIFESTS.parent / path / "kustomization.yaml").is_file(), path
+            build(MANIFESTS.parent / path)
+
+
 def test_prod_has_kueue_flavors_for_the_profiles_gpu_products():
     from kubeforge.config import load_platform
 

@@ -24,7 +24,8 @@ from kubeforge.models import load_spec
 MODEL_NAME = "kubeforge-model"
 BENTO_NAME = "kubeforge-classifier"
 # What the service imports at run time; pinned to this environment's versions because locking is off.
-SERVICE_REQUIREMENTS = ("bentoml", "torch", "onnxruntime", "numpy", "safetensors", "pydantic", "pyyaml")
+SERVICE_REQUIREMENTS = ("bentoml", "fastapi", "torch", "onnxruntime", "numpy", "safetensors", "pydantic",
+                        "pyyaml")
 SERVICE_ENTRY = """# Written by kubeforge: serves the model stored in this Bento under the tag below.
 import os
 

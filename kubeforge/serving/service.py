@@ -4,25 +4,23 @@ Configuration comes from KUBEFORGE_SERVE_* variables (kubeforge.config.ServeConf
 The model is found through KUBEFORGE_MODEL_DIR, or, inside a built Bento, through the BentoML model tag in
 KUBEFORGE_MODEL_TAG (default ``kubeforge-model:latest``), which `bentoml build` copies into the Bento.
 
-Endpoints: POST /predict, GET /livez, GET /readyz (200 only after the model loaded and a warm-up inference ran),
-GET /metrics (Prometheus), GET /docs.json (OpenAPI).
+Endpoints: POST /predict (kubeforge.serving.http, mounted on the service), GET /livez, GET /readyz (200 only after the
+model loaded and a warm-up inference ran), GET /metrics (Prometheus), GET /docs.json (OpenAPI).
 """
 
 from __future__ import annotations
 
-import json
+import gc
 import logging
 import os
 import threading
 import time
-from http import HTTPStatus
-from typing import Any
 
 import bentoml
-from bentoml.exceptions import BentoMLException
 
 from kubeforge.config import ServeConfig
-from kubeforge.serving.runtime import ModelRuntime, RequestError
+from kubeforge.serving.http import PREDICT_PATH, PayloadLimit, PredictAPI, ServingState
+from kubeforge.serving.runtime import ModelRuntime
 
 MODEL_DIR_ENV = "KUBEFORGE_MODEL_DIR"
 MODEL_TAG_ENV = "KUBEFORGE_MODEL_TAG"
@@ -30,42 +28,23 @@ WARMUP_DELAY_ENV = "KUBEFORGE_SERVE_WARMUP_DELAY_S"  # lets tests observe the no
 DEFAULT_MODEL_TAG = "kubeforge-model:latest"
 
 CONFIG = ServeConfig.from_env()
+STATE = ServingState()
 logger = logging.getLogger("kubeforge.serving")
 
 
-class PayloadLimit:
-    """ASGI middleware: refuse bodies over the limit with 413 before they are buffered (no memory growth)."""
+def _traces_are_collected() -> bool:
+    from bentoml._internal.configuration.containers import BentoMLContainer
 
-    def __init__(self, app: Any, max_bytes: int):
-        self.app = app
-        self.max_bytes = max_bytes
+    tracing = BentoMLContainer.config.tracing
+    return tracing.exporter_type.get() is not None and (tracing.sample_rate.get() or 0) > 0
 
-    async def _refuse(self, send: Any, size: str) -> None:
-        body = json.dumps({"error": f"payload of {size} bytes exceeds the limit of {self.max_bytes} bytes"}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers", [])).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(send, declared.decode())
-            return
-        received = 0
+def _batch_rows_histogram():
+    """Rows per inference call, in /metrics: shows whether batching merges requests under the live load."""
+    from prometheus_client import Histogram  # imported in the worker, after BentoML set up multiprocess metrics
 
-        async def counting_receive() -> dict:
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.max_bytes:
-                raise BentoMLException(f"payload exceeds the limit of {self.max_bytes} bytes",
-                                       error_code=HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
-            return message
-
-        await self.app(scope, counting_receive, send)
+    return Histogram("kubeforge_inference_batch_rows", "rows per inference call (requests merged by batching)",
+                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096))
 
 
 def _model_dir() -> str:
@@ -81,46 +60,38 @@ def _model_dir() -> str:
     endpoints={"livez": "/livez", "readyz": "/readyz"},
     # one log line per request costs more than an int8 inference; request counts and latency are in /metrics
     logging={"access": {"enabled": False}},
+    # a span per prediction costs more than the inference: make spans only when BentoML's config sends them somewhere
+    tracing={} if _traces_are_collected() else {"excluded_urls": [PREDICT_PATH]},
 )
+@bentoml.asgi_app(PredictAPI(STATE), path="/")
 class KubeforgeClassifier:
-    """Validates each request, predicts with the loaded runtime, answers 4xx for bad input and keeps serving."""
+    """Loads the model in the background; /predict is served by the mounted route in kubeforge.serving.http."""
 
     def __init__(self) -> None:
         # Load in the background so the server answers at once: /readyz says 503 (not a connection timeout) until
         # the model is loaded and warmed up, and /livez fails if loading failed, so Kubernetes restarts the pod.
-        self.ready = False
-        self.load_error: str | None = None
-        self.runtime: ModelRuntime | None = None
         threading.Thread(target=self._load, name="model-loader", daemon=True).start()
 
-    def _load(self) -> None:
+    @staticmethod
+    def _load() -> None:
         try:
             runtime = ModelRuntime.load(_model_dir(), CONFIG)
             time.sleep(float(os.environ.get(WARMUP_DELAY_ENV, "0")))
             runtime.warm_up()
-            self.runtime = runtime
-            self.ready = True
+            # Everything alive now lives as long as the worker: move it out of the collector's reach, so a full
+            # collection walks only per-request garbage instead of every module and model object (no tail stalls).
+            gc.collect()
+            gc.freeze()
+            STATE.serve(runtime, on_batch=_batch_rows_histogram().observe)
         except Exception as exc:  # surfaced through /livez and the log
-            self.load_error = f"{type(exc).__name__}: {exc}"
-            logger.error("model failed to load: %s", self.load_error)
+            STATE.load_error = f"{type(exc).__name__}: {exc}"
+            logger.error("model failed to load: %s", STATE.load_error)
 
-    def __is_ready__(self) -> bool:
-        return self.ready
+    async def __is_ready__(self) -> bool:
+        return STATE.runtime is not None
 
-    def __is_alive__(self) -> bool:
-        return self.load_error is None
-
-    @bentoml.api(route="/predict")
-    async def predict(self, instances: list[Any]) -> dict:
-        """Body ``{"instances": [[...], ...]}`` or named features; returns one prediction per row."""
-        if self.runtime is None:
-            raise BentoMLException("the model is still loading; retry when /readyz is 200",
-                                   error_code=HTTPStatus.SERVICE_UNAVAILABLE)
-        try:
-            X = self.runtime.parse(instances)
-        except RequestError as error:
-            raise BentoMLException(str(error), error_code=error.status) from None
-        return {"predictions": self.runtime.predict(X), "model": self.runtime.describe()}
+    async def __is_alive__(self) -> bool:
+        return STATE.load_error is None
 
 
 KubeforgeClassifier.add_asgi_middleware(PayloadLimit, max_bytes=CONFIG.max_payload_bytes)

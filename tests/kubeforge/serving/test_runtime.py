@@ -1,3 +1,8 @@
+import json
+import os
+import subprocess
+import sys
+import textwrap
 from http import HTTPStatus
 
 import numpy as np
@@ -69,3 +74,35 @@ def test_resolve_model_dir_prefers_the_compressed_model(tmp_path, served_model_d
         resolve_model_dir(tmp_path)
     with pytest.raises(ConfigError, match="does not exist"):
         resolve_model_dir(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("value, message", [
+    ("1e39", "feature 'pixel_0_5': the value is outside the float32 range"),
+    ("1" + "0" * 400, "instance 0: an integer is too large for a float"),
+])
+def test_values_a_float32_model_cannot_take_are_refused(runtime, value, message):
+    instances = json.loads("[[" + "0," * 5 + value + ",0" * 58 + "]]")
+    with pytest.raises(RequestError, match=message):
+        runtime.parse(instances)
+
+
+def test_onnx_model_serves_the_same_classes_without_torch(served_onnx_dir, served_model_dir, digits, tmp_path):
+    rows = digits.X_test[:16]
+    onnx = ModelRuntime.load(served_onnx_dir, ServeConfig(threads=1))
+    assert onnx.describe()["precision"] == "int8"
+    agreement = (onnx.predict_proba(rows).argmax(1) == load_predictor(served_model_dir)(rows).argmax(1)).mean()
+    assert agreement >= 0.9  # int8 may flip a borderline row, not the model
+    probe = textwrap.dedent(f"""
+        import sys
+        import numpy as np
+        from kubeforge.serving.service import KubeforgeClassifier  # the whole service module, as a worker loads it
+        from kubeforge.serving.runtime import ModelRuntime
+        runtime = ModelRuntime.load({str(served_onnx_dir)!r})
+        runtime.warm_up()
+        runtime.predict(np.zeros((2, 64), dtype=np.float32))
+        print("torch imported:", "torch" in sys.modules)
+    """)
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml")})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "torch imported: False" in done.stdout

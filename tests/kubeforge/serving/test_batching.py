@@ -1,0 +1,88 @@
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from kubeforge.serving.batching import MicroBatcher, Overloaded
+
+
+class Recorder:
+    """A real (if tiny) model: probabilities proportional to the row, remembering each call's batch size."""
+
+    def __init__(self):
+        self.batch_sizes = []
+
+    def __call__(self, X: np.ndarray) -> np.ndarray:
+        self.batch_sizes.append(len(X))
+        return X / X.sum(axis=1, keepdims=True)
+
+
+def rows(*values: float) -> np.ndarray:
+    return np.array([[v, 1.0] for v in values], dtype=np.float32)
+
+
+async def concurrently(batcher: MicroBatcher, requests: list[np.ndarray]) -> list[np.ndarray]:
+    return await asyncio.gather(*(batcher.predict(r) for r in requests))
+
+
+def test_concurrent_requests_share_calls_and_get_their_own_rows():
+    model = Recorder()
+    batcher = MicroBatcher(model, max_batch_size=64, max_latency_ms=1000)
+    requests = [rows(float(i)) for i in range(1, 21)] + [rows(7.0, 9.0)]
+    answers = asyncio.run(concurrently(batcher, requests))
+    for request, answer in zip(requests, answers, strict=True):
+        assert np.allclose(answer, model(request))
+    assert sum(model.batch_sizes[:batcher.calls]) == 22 and batcher.calls < len(requests)
+
+
+def test_batches_never_exceed_max_batch_size():
+    model = Recorder()
+    batcher = MicroBatcher(model, max_batch_size=4, max_latency_ms=1000)
+    answers = asyncio.run(concurrently(batcher, [rows(float(i), float(i)) for i in range(1, 11)]))
+    assert len(answers) == 10 and max(model.batch_sizes) <= 4
+    assert sum(model.batch_sizes) == 20
+
+
+def test_batch_size_one_or_a_full_request_goes_straight_to_the_model():
+    model = Recorder()
+    off = MicroBatcher(model, max_batch_size=1, max_latency_ms=1000)
+    asyncio.run(concurrently(off, [rows(1.0), rows(2.0), rows(3.0)]))
+    assert model.batch_sizes == [1, 1, 1] and not off.enabled
+    full = MicroBatcher(model, max_batch_size=2, max_latency_ms=1000)
+    asyncio.run(concurrently(full, [rows(1.0, 2.0)]))
+    assert model.batch_sizes[-1] == 2 and full.calls == 1
+
+
+def test_a_request_queued_past_the_latency_budget_gets_overloaded():
+    model = Recorder()
+    batcher = MicroBatcher(model, max_batch_size=8, max_latency_ms=5)
+
+    async def scenario():
+        late = asyncio.ensure_future(batcher.predict(rows(1.0)))
+        await asyncio.sleep(0)  # queued; now the loop is blocked past the budget before the batcher runs
+        time.sleep(0.02)
+        with pytest.raises(Overloaded, match="max_latency_ms=5"):
+            await late
+        return await batcher.predict(rows(2.0))  # the next request is served
+
+    assert np.allclose(asyncio.run(scenario()), model(rows(2.0)))
+
+
+def test_a_failing_model_fails_its_requests_and_the_batcher_keeps_serving():
+    calls = []
+
+    def flaky(X: np.ndarray) -> np.ndarray:
+        calls.append(len(X))
+        if len(calls) == 1:
+            raise RuntimeError("model exploded")
+        return X
+
+    batcher = MicroBatcher(flaky, max_batch_size=8, max_latency_ms=1000)
+
+    async def scenario():
+        first = await asyncio.gather(batcher.predict(rows(1.0)), batcher.predict(rows(2.0)), return_exceptions=True)
+        assert all(isinstance(r, RuntimeError) for r in first)
+        return await batcher.predict(rows(3.0))
+
+    assert np.array_equal(asyncio.run(scenario()), rows(3.0))

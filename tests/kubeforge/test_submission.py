@@ -194,6 +194,18 @@ def test_credentials_refused(workdir):
 
 
 @pytest.mark.server
+def test_the_in_cluster_service_account_token_is_sent_when_present(workdir, monkeypatch):
+    token_file = workdir / "token"
+    token_file.write_text("projected-sa-token")
+    monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(token_file))
+    with KfpStandIn({**HEALTHY, ("GET", f"{API}/experiments"): (401, {"error": "Unauthenticated", "code": 16,
+                                                                    "message": "token audience mismatch"})}) as kfp:
+        result = invoke(*submit_args(kfp.url))
+    assert result.exit_code == 2 and f"in-cluster ServiceAccount token ({token_file})" in one_line(result)
+    assert {r["authorization"] for r in kfp.requests} == {"Bearer projected-sa-token"}
+
+
+@pytest.mark.server
 def test_unknown_or_foreign_namespace(workdir):
     with KfpStandIn({**HEALTHY, ("GET", f"{API}/experiments"): (403, {
             "error": "PermissionDenied", "code": 7,

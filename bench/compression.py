@@ -110,7 +110,8 @@ def main() -> None:
     }
     write("compression", {
         "model": "MLP 64-1024-1024-10 on digits", "best_int8_path": best_int8.name, "checks": checks,
-        "load_average_1_5_15": {"before": [round(v, 2) for v in load_before], "after": [round(v, 2) for v in load_after]},
+        "load_average_1_5_15": {"before": [round(v, 2) for v in load_before],
+                                "after": [round(v, 2) for v in load_after]},
         "onnx_session_run_floor_us_b1": round(floor_us, 2),
         "meets_target": met,
         "measurements": {name: m.to_dict() for name, m in results.items()},

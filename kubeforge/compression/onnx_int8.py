@@ -65,7 +65,7 @@ def _first_linear(model: nn.Module) -> nn.Linear | None:
 
 
 def export_onnx(model: nn.Module, input_dim: int) -> bytes:
-    """Export with a dynamic batch dimension: input ``features`` (raw float32), outputs ``logits``, ``probabilities``."""
+    """Dynamic batch dimension; input ``features`` (raw float32), outputs ``logits`` and ``probabilities``."""
     example = torch.zeros(2, input_dim, dtype=torch.float32)
     buffer = io.BytesIO()
     with warnings.catch_warnings():

@@ -1,14 +1,18 @@
-"""kubeforge's BentoML service vs a naive server, under the same load, in one run.
+"""kubeforge's BentoML service vs a naive server, under the same load, in one run, interleaved.
 
 (a) kubeforge: `kubeforge.serving.service` on the compressed model the gate picks (ONNX Runtime int8), settings from
-    KUBEFORGE_SERVE_* (2 workers, 1 inference thread each, on this 2-core machine).
+    KUBEFORGE_SERVE_* (2 workers, 1 inference thread each, on this 2-core machine; batching at its defaults,
+    max_batch_size 64 rows and max_latency_ms 20).
+(a') the same service with batching off (max_batch_size 1), to show what batching adds.
 (b) naive baseline: FastAPI + uvicorn (1 process), the uncompressed fp32 torch model, one forward per request.
-Both serve the same MLP 64-1024-1024-10 trained on digits and get identical payloads (digits rows, one per request)
+All serve the same MLP 64-1024-1024-10 trained on digits and get identical payloads (digits rows, one per request)
 from the same load generator: wrk (C, epoll; `apt-get install wrk`) with N connections for a fixed duration, or, where
 wrk is missing, an aiohttp client with a fixed request count. Loopback only. The load generator shares the 2 cores
-with the server under test, which caps both sides alike.
+with the server under test, which caps both sides alike. Every level runs `--repeats` times, servers interleaved
+(a, a', b, a, a', b, ...), and the medians are reported; the 1-minute load average is recorded before and after,
+since the machine may be shared.
 
-    python -m bench.serving [--seconds 5] [--requests 3000]
+    python -m bench.serving [--seconds 5] [--repeats 3] [--requests 3000]
 Target at 64 clients: >= 2.0x the baseline's throughput, p99 no worse, zero errors.
 """
 
@@ -16,10 +20,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -173,51 +179,98 @@ def start(command: list[str], env: dict, log: Path) -> subprocess.Popen:
     return subprocess.Popen(command, env={**os.environ, **env}, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time of a process and all its descendants (BentoML runs workers under an arbiter); Linux /proc only."""
+    total, pending = 0.0, [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending += [int(child) for child in (task / "children").read_text().split()]
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Medians over the interleaved repeats (errors are summed: one is one too many)."""
+    middle = {key: round(statistics.median(run[key] for run in runs), 2)
+              for key in ("req_per_s", "p50_ms", "p99_ms", "server_cpu_us_per_request")}
+    return {"clients": runs[0]["clients"], **middle, "errors": sum(run["errors"] for run in runs),
+            "requests": sum(run["requests"] for run in runs), "repeats": len(runs),
+            "req_per_s_runs": [run["req_per_s"] for run in runs]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=3000, help="per level, for the aiohttp fallback")
     parser.add_argument("--seconds", type=int, default=5, help="per level, with wrk")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per level; medians are reported")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
-    results: dict[str, list[dict]] = {}
     use_wrk = shutil.which("wrk") is not None
-    with tempfile.TemporaryDirectory() as tmp:
+    bentoml = [str(Path(sys.executable).parent / "bentoml"), "serve", "kubeforge.serving.service:KubeforgeClassifier",
+               "--host", "127.0.0.1", "--port", "{port}"]
+    ours, unbatched, naive = ("kubeforge (BentoML, ONNX int8)", "kubeforge, batching off (max_batch_size 1)",
+                              "naive (FastAPI, torch fp32)")
+    load_before = os.getloadavg()[0]
+    runs: dict[str, dict[int, list[dict]]] = {}
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         root = Path(tmp)
         fp32, int8, payloads = prepare_models(root)
-        servers = {
-            "kubeforge (BentoML, ONNX int8)": ([str(Path(sys.executable).parent / "bentoml"), "serve",
-                                                "kubeforge.serving.service:KubeforgeClassifier", "--host",
-                                                "127.0.0.1", "--port", "{port}"],
-                                               {"KUBEFORGE_MODEL_DIR": str(int8), "BENTOML_HOME": str(root / "bh"),
-                                                "KUBEFORGE_SERVE_WORKERS": str(args.workers),
-                                                "KUBEFORGE_SERVE_THREADS": "1",
-                                                "KUBEFORGE_SERVE_MAX_CONCURRENCY": "1024"}),
-            "naive (FastAPI, torch fp32)": ([sys.executable, "-c", NAIVE_SERVER, str(fp32), "{port}"], {}),
-        }
+        common = {"KUBEFORGE_MODEL_DIR": str(int8), "BENTOML_HOME": str(root / "bh"),
+                  "KUBEFORGE_SERVE_WORKERS": str(args.workers), "KUBEFORGE_SERVE_THREADS": "1",
+                  "KUBEFORGE_SERVE_MAX_CONCURRENCY": "1024"}
+        servers = {ours: (bentoml, common),
+                   unbatched: (bentoml, {**common, "KUBEFORGE_SERVE_MAX_BATCH_SIZE": "1"}),
+                   naive: ([sys.executable, "-c", NAIVE_SERVER, str(fp32), "{port}"], {})}
+        running: dict[str, tuple[str, subprocess.Popen]] = {}
         for name, (command, env) in servers.items():
             port = free_port()
             process = start([str(port) if part == "{port}" else part for part in command], env, root / f"{port}.log")
-            url = f"http://127.0.0.1:{port}"
-            try:
-                wait_ready(url, process)
-                asyncio.run(load(url, payloads, 8, 300))  # warm-up, not recorded
-                if use_wrk:
-                    results[name] = [wrk_load(url, payloads, clients, args.seconds, root) for clients in CLIENTS]
-                else:
-                    results[name] = [asyncio.run(load(url, payloads, clients, args.requests)) for clients in CLIENTS]
-            finally:
-                process.terminate()
-                process.wait(timeout=30)
-    ours, naive = (results[name][-1] for name in servers)
-    ratio = ours["req_per_s"] / naive["req_per_s"]
+            stack.callback(stop, process)
+            running[name] = (f"http://127.0.0.1:{port}", process)
+        for name, (url, process) in running.items():
+            wait_ready(url, process)
+            asyncio.run(load(url, payloads, 8, 300))  # warm-up, not recorded
+            runs[name] = {clients: [] for clients in CLIENTS}
+        for _ in range(args.repeats):
+            for clients in CLIENTS:
+                for name, (url, process) in running.items():
+                    cpu = cpu_seconds(process.pid)
+                    if use_wrk:
+                        result = wrk_load(url, payloads, clients, args.seconds, root)
+                    else:
+                        result = asyncio.run(load(url, payloads, clients, args.requests))
+                    result["server_cpu_us_per_request"] = round(
+                        (cpu_seconds(process.pid) - cpu) * 1e6 / max(result["requests"], 1), 1)
+                    runs[name][clients].append(result)
+    results = {name: [summarize(levels[clients]) for clients in CLIENTS] for name, levels in runs.items()}
+    top = CLIENTS[-1]
+    ratio = results[ours][-1]["req_per_s"] / results[naive][-1]["req_per_s"]
+    paired = [a["req_per_s"] / b["req_per_s"] for a, b in zip(runs[ours][top], runs[naive][top], strict=True)]
     write("serving", {
         "load_generator": ("wrk" if use_wrk else "aiohttp") + ", one digits row per request, same machine "
-                          "(shares the 2 cores)",
+                          "(shares the 2 cores with the server under test)",
+        "load_average_1min": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
         "results": results, "throughput_ratio_at_64": round(ratio, 2),
-        "meets_target": {"throughput_2x": ratio >= 2.0, "p99_no_worse": ours["p99_ms"] <= naive["p99_ms"],
-                         "zero_errors": ours["errors"] == 0},
-    }, command=f"python -m bench.serving --seconds {args.seconds} --workers {args.workers}" if use_wrk
-        else f"python -m bench.serving --requests {args.requests} --workers {args.workers}")
+        "throughput_ratio_at_64_per_repeat": [round(r, 2) for r in paired],
+        "batching_gain_at_64": round(results[ours][-1]["req_per_s"] / results[unbatched][-1]["req_per_s"], 2),
+        "meets_target": {"throughput_2x": ratio >= 2.0,
+                         "p99_no_worse": results[ours][-1]["p99_ms"] <= results[naive][-1]["p99_ms"],
+                         "zero_errors": results[ours][-1]["errors"] == 0},
+    }, command=f"python -m bench.serving --seconds {args.seconds} --repeats {args.repeats} --workers {args.workers}"
+        if use_wrk else f"python -m bench.serving --requests {args.requests} --repeats {args.repeats}")
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
 
 
 if __name__ == "__main__":

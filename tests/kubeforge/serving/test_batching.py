@@ -54,19 +54,35 @@ def test_batch_size_one_or_a_full_request_goes_straight_to_the_model():
     assert model.batch_sizes[-1] == 2 and full.calls == 1
 
 
-def test_a_request_queued_past_the_latency_budget_gets_overloaded():
+def test_a_request_left_behind_full_batches_past_the_budget_gets_overloaded():
     model = Recorder()
-    batcher = MicroBatcher(model, max_batch_size=8, max_latency_ms=5)
+
+    def slow(X: np.ndarray) -> np.ndarray:
+        time.sleep(0.02)  # a backlog: the batch in front takes longer than the budget
+        return model(X)
+
+    batcher = MicroBatcher(slow, max_batch_size=2, max_latency_ms=5)
 
     async def scenario():
-        late = asyncio.ensure_future(batcher.predict(rows(1.0)))
-        await asyncio.sleep(0)  # queued; now the loop is blocked past the budget before the batcher runs
-        time.sleep(0.02)
-        with pytest.raises(Overloaded, match="max_latency_ms=5"):
-            await late
-        return await batcher.predict(rows(2.0))  # the next request is served
+        results = await asyncio.gather(*(batcher.predict(rows(float(i))) for i in range(1, 4)),
+                                       return_exceptions=True)
+        assert [isinstance(r, np.ndarray) for r in results] == [True, True, False]
+        assert isinstance(results[2], Overloaded) and "max_latency_ms=5" in str(results[2])
+        return await batcher.predict(rows(4.0))  # the next request is served
 
-    assert np.allclose(asyncio.run(scenario()), model(rows(2.0)))
+    assert np.allclose(asyncio.run(scenario()), model(rows(4.0)))
+
+
+def test_a_scheduling_stall_alone_sheds_nothing():
+    batcher = MicroBatcher(Recorder(), max_batch_size=8, max_latency_ms=5)
+
+    async def scenario():
+        queued = [asyncio.ensure_future(batcher.predict(rows(float(i)))) for i in (1, 2)]
+        await asyncio.sleep(0)
+        time.sleep(0.02)  # the loop is stalled past the budget before the batcher runs; both still fit one batch
+        return await asyncio.gather(*queued)
+
+    assert len(asyncio.run(scenario())) == 2 and batcher.calls == 1
 
 
 def test_a_failing_model_fails_its_requests_and_the_batcher_keeps_serving():

@@ -167,7 +167,10 @@ class KwokCluster:
             self.wait_nodes_ready([node.name for node in nodes], timeout=timeout)
             self.wait_default_service_account(timeout=timeout)
         except BaseException:
-            self.down()
+            try:
+                self.down()
+            except ClusterError as error:
+                print(f"kwok-cluster: {error}", file=sys.stderr)
             raise
         self.start_seconds = time.monotonic() - started
         return self.start_seconds
@@ -185,11 +188,17 @@ class KwokCluster:
             time.sleep(0.5)
 
     def down(self) -> None:
-        subprocess.run([str(self.binaries["kwokctl"]), "--name", self.name, "delete", "cluster", "--kubeconfig="],
-                       capture_output=True, text=True, env=self.env, timeout=180)
+        """Stop every process of the cluster and delete its files; an error if kwokctl could not."""
+        # delete (unlike create) refuses an empty --kubeconfig: point it at our own file, which goes anyway
+        self.kubeconfig.touch()
+        done = subprocess.run([str(self.binaries["kwokctl"]), "--name", self.name, "delete", "cluster",
+                               f"--kubeconfig={self.kubeconfig}"], capture_output=True, text=True, env=self.env,
+                              timeout=180)
         for leftover in (self.kubeconfig, self.workdir / f"{self.name}.kwokctl.yaml"):
-            if leftover is not None:
-                leftover.unlink(missing_ok=True)
+            leftover.unlink(missing_ok=True)
+        if (self.workdir / "clusters" / self.name).exists():
+            raise ClusterError(f"kwokctl could not delete cluster {self.name} ({done.returncode}):\n"
+                               f"{done.stderr[-4000:]}")
 
 
 def remove_stale_clusters(binaries: dict[str, Path], workdir: Path | None = None) -> list[str]:

@@ -146,3 +146,13 @@ def restricted_pod(name: str, *, gpus: int = 0, product: str = "", cpu: str = "1
 
 def dump(*documents: dict) -> str:
     return yaml.safe_dump_all(documents, sort_keys=False)
+
+
+def install_crds(cluster, documents: list[dict]) -> None:
+    """Apply CRDs and wait until the API server serves them (`kubectl wait` races the first status write)."""
+    apply(cluster, dump(*documents))
+    for name in (d["metadata"]["name"] for d in documents):
+        wait_for(lambda name=name: any(
+            c["type"] == "Established" and c["status"] == "True"
+            for c in get_json(cluster, "crd", name).get("status", {}).get("conditions") or []),
+            60, f"CRD {name} to be established")

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from kubeforge.deploy.schemas import ARGOCD_CRDS, KUEUE_CRDS, go_module_dir
-from tests.cluster.conftest import MANIFESTS, apply, dump, kustomize
+from tests.cluster.conftest import MANIFESTS, apply, dump, install_crds, kustomize
 
 pytestmark = pytest.mark.cluster
 ENTRY_POINTS = sorted(p.parent for p in (MANIFESTS / "clusters").glob("*/kustomization.yaml"))
@@ -18,9 +18,7 @@ def operator_crds(cluster) -> set[tuple[str, str]]:
     """Argo CD and Kueue CRDs, installed for real; returns the (group, kind) pairs they define."""
     documents = [yaml.safe_load((go_module_dir(module, version) / path).read_text())
                  for module, version, path in ARGOCD_CRDS + KUEUE_CRDS]
-    apply(cluster, dump(*documents))
-    names = [f"crd/{d['metadata']['name']}" for d in documents]
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
+    install_crds(cluster, documents)
     return {(d["spec"]["group"], d["spec"]["names"]["kind"]) for d in documents}
 
 

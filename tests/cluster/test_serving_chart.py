@@ -9,7 +9,7 @@ import yaml
 from kubeforge.config import load_platform
 from kubeforge.deploy.schemas import SERVICE_MONITOR_CRD, go_module_dir
 from kubeforge.deploy.values import image_values, scheduling_values
-from tests.cluster.conftest import CHART, apply, get_json
+from tests.cluster.conftest import CHART, apply, get_json, install_crds, wait_for
 
 pytestmark = pytest.mark.cluster
 NAMESPACE = "alpha"
@@ -109,9 +109,7 @@ def test_gpu_off_lands_on_cpu_nodes_and_upgrade_and_rollback_roll_out(cluster, t
 
 def test_production_objects_are_accepted_with_strict_field_validation(cluster, tenants, helm, tmp_path):
     crd = go_module_dir(SERVICE_MONITOR_CRD[0], SERVICE_MONITOR_CRD[1]) / SERVICE_MONITOR_CRD[2]
-    apply(cluster, crd.read_text())
-    cluster.kubectl("wait", "--for=condition=Established", "crd/servicemonitors.monitoring.coreos.com",
-                    "--timeout=60s")
+    install_crds(cluster, [yaml.safe_load(crd.read_text())])
     release = Release(cluster, helm, "serve-prod")
     rendered = release.run("template", release.name, str(CHART), "-f",
                            str(CHART / "ci" / "production-values.yaml")).stdout
@@ -128,9 +126,9 @@ def test_production_objects_are_accepted_with_strict_field_validation(cluster, t
             objects = get_json(cluster, kind, "-n", NAMESPACE, "-l", f"app.kubernetes.io/instance={release.name}")
             assert len(objects["items"]) == 1, kind
         release.rollout_status()
-        pdb = get_json(cluster, "poddisruptionbudget", "-n", NAMESPACE, "-l",
-                       f"app.kubernetes.io/instance={release.name}")["items"][0]
         # the disruption controller (controller-manager) evaluates the budget against the running pods
-        assert pdb["status"].get("expectedPods") == 2
+        assert wait_for(lambda: get_json(cluster, "poddisruptionbudget", "-n", NAMESPACE, "-l",
+                                         f"app.kubernetes.io/instance={release.name}")["items"][0]
+                        .get("status", {}).get("currentHealthy") == 2, 60, "the PDB to count 2 healthy pods")
     finally:
         cluster.kubectl("delete", "-n", NAMESPACE, "-f", "-", "--wait=false", input=rendered, check=False)

@@ -69,6 +69,37 @@ class PayloadLimit:
         await self.app(scope, counting_receive, send)
 
 
+class ConcurrencyLimit:
+    """ASGI middleware: at most ``limit`` requests in flight per worker; the excess gets 503 at once, not a queue.
+
+    BentoML's own max_concurrency answers 429, which tells a client it is at fault and keeps load balancers from
+    retrying elsewhere; an overloaded server means 503. Probes and /metrics are never limited.
+    """
+
+    EXEMPT = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
+
+    def __init__(self, app: Any, limit: int):
+        self.app = app
+        self.limit = limit
+        self.in_flight = 0
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or route_path(scope) in self.EXEMPT:
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:
+            body = error_body(f"overloaded: {self.limit} requests in flight in this worker (max_concurrency)")
+            await send({"type": "http.response.start", "status": 503,
+                        "headers": [(b"content-type", JSON_BYTES), (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+
 @dataclass
 class ServingState:
     """What one worker serves with; filled by the model loader, read by every request."""

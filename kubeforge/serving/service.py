@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import os
 import threading
 import time
@@ -19,7 +20,7 @@ import time
 import bentoml
 
 from kubeforge.config import ServeConfig
-from kubeforge.serving.http import PREDICT_PATH, PayloadLimit, PredictAPI, ServingState
+from kubeforge.serving.http import PREDICT_PATH, ConcurrencyLimit, PayloadLimit, PredictAPI, ServingState
 from kubeforge.serving.runtime import ModelRuntime
 
 MODEL_DIR_ENV = "KUBEFORGE_MODEL_DIR"
@@ -56,7 +57,7 @@ def _model_dir() -> str:
 @bentoml.service(
     name="kubeforge-classifier",
     workers=CONFIG.workers,
-    traffic={"timeout": CONFIG.timeout_s, "max_concurrency": CONFIG.max_concurrency},
+    traffic={"timeout": CONFIG.timeout_s},  # max_concurrency: ConcurrencyLimit below (503, not BentoML's 429)
     endpoints={"livez": "/livez", "readyz": "/readyz"},
     # one log line per request costs more than an int8 inference; request counts and latency are in /metrics
     logging={"access": {"enabled": False}},
@@ -94,4 +95,5 @@ class KubeforgeClassifier:
         return STATE.load_error is None
 
 
+KubeforgeClassifier.add_asgi_middleware(ConcurrencyLimit, limit=math.ceil(CONFIG.max_concurrency / CONFIG.workers))
 KubeforgeClassifier.add_asgi_middleware(PayloadLimit, max_bytes=CONFIG.max_payload_bytes)

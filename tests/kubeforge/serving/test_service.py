@@ -166,3 +166,28 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_rows(server, serv
     buckets = {line.split('le="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
                for line in metrics.splitlines() if line.startswith("kubeforge_inference_batch_rows_bucket")}
     assert buckets["+Inf"] > buckets["4.0"], metrics[-2000:]
+
+
+def test_requests_beyond_max_concurrency_get_503(served_model_dir, tmp_path):
+    limited = Server(served_model_dir, tmp_path, KUBEFORGE_SERVE_MAX_CONCURRENCY="1", KUBEFORGE_SERVE_WORKERS="1")
+    body = json.dumps({"instances": [[0.0] * 64]}).encode()
+
+    def slow_upload():  # holds the only slot while its body trickles in
+        yield body[:10]
+        time.sleep(2)
+        yield body[10:]
+
+    try:
+        limited.wait("/readyz", 200)
+        with ThreadPoolExecutor(1) as pool:
+            holder = pool.submit(httpx.post, limited.url + "/predict", content=slow_upload(),
+                                 headers={"content-type": "application/json"}, timeout=20)
+            time.sleep(0.8)
+            refused = httpx.post(limited.url + "/predict", content=body, timeout=10)
+            assert refused.status_code == 503, refused.text
+            assert "max_concurrency" in refused.json()[0]["error"]
+            assert httpx.get(limited.url + "/readyz", timeout=5).status_code == 200  # probes are not limited
+            assert holder.result().status_code == 200
+        assert httpx.post(limited.url + "/predict", content=body, timeout=10).status_code == 200
+    finally:
+        limited.stop()

@@ -1,7 +1,8 @@
 """The lean /predict route: raw body -> JSON -> contract checks -> (batched) inference -> JSON bytes.
 
-It is a FastAPI app mounted on the BentoML service, so it still runs inside BentoML's request metrics, tracing,
-timeout and max-concurrency middlewares, and its OpenAPI paths are merged into the service's document; what it skips
+It is a FastAPI app mounted on the BentoML service, so it still runs inside BentoML's request metrics and timeout
+middlewares and kubeforge's limits (kubeforge.serving.limits), and its OpenAPI paths are merged into the service's
+document; what it skips
 is the per-request IO-descriptor work of ``@bentoml.api`` (pydantic input model, a JSON schema rebuilt for every
 response's media type, a thread-pool hop), which cost more than the int8 inference itself.
 """
@@ -12,92 +13,19 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from http import HTTPStatus
 from typing import Any
 
-from bentoml.exceptions import BentoMLException
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from kubeforge.serving.batching import MicroBatcher, Overloaded
+from kubeforge.serving.limits import JSON_BYTES, PayloadTooLarge, error_body, route_path
 from kubeforge.serving.runtime import ModelRuntime, RequestError
 
 logger = logging.getLogger("kubeforge.serving")
 JSON = "application/json"
-JSON_BYTES = JSON.encode()
 PREDICT_PATH = "/predict"
-
-
-class PayloadTooLarge(BentoMLException):
-    error_code = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
-
-
-class PayloadLimit:
-    """ASGI middleware: refuse bodies over the limit with 413 before they are buffered (no memory growth)."""
-
-    def __init__(self, app: Any, max_bytes: int):
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def _refuse(self, send: Any, size: str) -> None:
-        body = error_body(f"payload of {size} bytes exceeds the limit of {self.max_bytes} bytes")
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", JSON.encode()), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        for name, value in scope.get("headers", ()):
-            if name == b"content-length":
-                if value.isdigit() and int(value) > self.max_bytes:
-                    await self._refuse(send, value.decode())
-                    return
-                break
-        received = 0
-
-        async def counting_receive() -> dict:
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.max_bytes:
-                raise PayloadTooLarge(f"payload exceeds the limit of {self.max_bytes} bytes")
-            return message
-
-        await self.app(scope, counting_receive, send)
-
-
-class ConcurrencyLimit:
-    """ASGI middleware: at most ``limit`` requests in flight per worker; the excess gets 503 at once, not a queue.
-
-    BentoML's own max_concurrency answers 429, which tells a client it is at fault and keeps load balancers from
-    retrying elsewhere; an overloaded server means 503. Probes and /metrics are never limited.
-    """
-
-    EXEMPT = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
-
-    def __init__(self, app: Any, limit: int):
-        self.app = app
-        self.limit = limit
-        self.in_flight = 0
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or route_path(scope) in self.EXEMPT:
-            await self.app(scope, receive, send)
-            return
-        if self.in_flight >= self.limit:
-            body = error_body(f"overloaded: {self.limit} requests in flight in this worker (max_concurrency)")
-            await send({"type": "http.response.start", "status": 503,
-                        "headers": [(b"content-type", JSON_BYTES), (b"content-length", str(len(body)).encode())]})
-            await send({"type": "http.response.body", "body": body})
-            return
-        self.in_flight += 1
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self.in_flight -= 1
 
 
 @dataclass
@@ -114,12 +42,6 @@ class ServingState:
         self.batcher = MicroBatcher(runtime.predict_proba, config.max_batch_size, config.max_latency_ms, on_batch)
         self.model_json = json.dumps(runtime.describe(), separators=(",", ":")).encode()
         self.runtime = runtime  # last: a request sees a runtime only once everything else is in place
-
-
-def error_body(message: str) -> bytes:
-    """The documented error shape, ``[{"error": "..."}]`` (the one BentoML's own 4xx answers use)."""
-    return json.dumps([{"error": message}]).encode()
-
 
 
 class PredictRequest(BaseModel):
@@ -140,11 +62,6 @@ class PredictResponse(BaseModel):
 
 ERRORS = {400: "malformed JSON or a bad row (the message names it)", 413: "too many rows or too large a body",
           503: "not ready yet, over max_concurrency, or queued past max_latency_ms"}
-
-
-def route_path(scope: dict) -> str:
-    path, root = scope["path"], scope.get("root_path", "")
-    return path[len(root):] if root and path.startswith(root) else path
 
 
 async def answer(state: ServingState, body: bytes) -> tuple[int, bytes]:

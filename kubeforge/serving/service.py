@@ -20,7 +20,8 @@ import time
 import bentoml
 
 from kubeforge.config import ServeConfig
-from kubeforge.serving.http import PREDICT_PATH, ConcurrencyLimit, PayloadLimit, PredictAPI, ServingState
+from kubeforge.serving.http import PREDICT_PATH, PredictAPI, ServingState
+from kubeforge.serving.limits import ConcurrencyLimit, PayloadLimit
 from kubeforge.serving.runtime import ModelRuntime
 
 MODEL_DIR_ENV = "KUBEFORGE_MODEL_DIR"

@@ -57,3 +57,40 @@ def test_cli_build_refuses_bad_source(tmp_path):
 
     result = CliRunner().invoke(app, ["build", str(tmp_path / "nope")])
     assert result.exit_code == 2 and "does not exist" in result.output
+
+
+@pytest.mark.server
+def test_the_built_bento_serves_its_stored_model(built, digits, tmp_path):
+    import socket
+    import time
+    from pathlib import Path
+
+    import httpx
+
+    result, out = built
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {key: value for key, value in os.environ.items() if key != "KUBEFORGE_MODEL_DIR"}
+    log = open(tmp_path / "bento.log", "w")
+    server = subprocess.Popen([str(Path(sys.executable).parent / "bentoml"), "serve", result.bento_tag, "--host",
+                               "127.0.0.1", "--port", str(port)], env={**env, "BENTOML_HOME": str(out / "home")},
+                              stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert server.poll() is None, (tmp_path / "bento.log").read_text()[-3000:]
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+        reply = httpx.post(f"http://127.0.0.1:{port}/predict", json={"instances": digits.X_test[:2].tolist()},
+                           timeout=10)
+        assert reply.status_code == 200, reply.text + (tmp_path / "bento.log").read_text()[-3000:]
+        assert len(reply.json()["predictions"]) == 2 and reply.json()["model"]["features"] == 64
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()

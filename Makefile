@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast test-cluster bench clean-runs kwok-binaries cluster-up cluster-down e2e-kind
+.PHONY: demo test test-deps test-fast test-cluster bench clean-runs kwok-binaries cluster-up cluster-down e2e-kind
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,8 +18,12 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/kubeforge run
 
-test: $(STAMP) kwok-binaries
+# The venv install (mostly downloading torch) and the Go build of the cluster binaries (mostly CPU) overlap.
+test:
+	$(MAKE) -j2 --output-sync=line test-deps
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest
+
+test-deps: $(STAMP) kwok-binaries
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -m "not slow and not server and not cluster"
@@ -28,7 +32,8 @@ test-fast: $(STAMP)
 kwok-binaries:
 	scripts/get-kwok-binaries.sh
 
-test-cluster: $(STAMP) kwok-binaries
+test-cluster:
+	$(MAKE) -j2 --output-sync=line test-deps
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -m cluster tests/cluster
 
 # a kwok cluster to use by hand; prints its kubeconfig

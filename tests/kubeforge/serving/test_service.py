@@ -191,3 +191,11 @@ def test_requests_beyond_max_concurrency_get_503(served_model_dir, tmp_path):
         assert httpx.post(limited.url + "/predict", content=body, timeout=10).status_code == 200
     finally:
         limited.stop()
+
+
+def test_named_features_give_the_same_prediction(server, digits):
+    row = digits.X_test[0]
+    named = predict(server, {"instances": [dict(zip(digits.feature_names, row.tolist()))]})
+    positional = predict(server, {"instances": [row.tolist()]})
+    assert named.status_code == 200, named.text
+    assert named.json()["predictions"] == positional.json()["predictions"]

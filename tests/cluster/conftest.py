@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -14,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kubeforge.devtools.kwok_cluster import ClusterError, KwokCluster, MissingBinaries, cached_binaries, \
-    remove_stale_clusters
+from kubeforge.devtools.kwok_cluster import (ClusterError, KwokCluster, MissingBinaries, cached_binaries,
+                                             remove_stale_clusters)
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "manifests"
@@ -60,10 +61,17 @@ def cluster():
     except ClusterError as error:
         pytest.fail(f"the kwok cluster did not start: {error}", pytrace=False)
     print(f"\nkwok cluster {cluster.name} up in {seconds:.1f} s", file=sys.stderr)
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, _interrupt)  # a terminated run (CI time limit) still tears the cluster down
     try:
         yield cluster
     finally:
+        signal.signal(signal.SIGTERM, previous)
         cluster.down()
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 @pytest.fixture(scope="session")
@@ -130,7 +138,8 @@ def restricted_pod(name: str, *, gpus: int = 0, product: str = "", cpu: str = "1
                    memory: str = "128Mi") -> dict:
     """A pod that passes the `restricted` Pod Security Standard the tenant namespaces enforce."""
     resources = {"requests": {"cpu": cpu, "memory": memory}, "limits": {"cpu": cpu, "memory": memory}}
-    spec: dict = {"securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
+    spec: dict = {"securityContext": {"runAsNonRoot": True, "runAsUser": 1000,
+                                      "seccompProfile": {"type": "RuntimeDefault"}},
                   "containers": [{"name": "main", "image": "registry.example/kubeforge/probe:1",
                                   "resources": resources,
                                   "securityContext": {"allowPrivilegeEscalation": False,

@@ -336,7 +336,8 @@ def tenant_add(
     force: Annotated[bool, typer.Option(help="overwrite hand-edited files")] = False,
     repo: RepoOption = Path("."),
 ) -> None:
-    """Write the tenant's overlay and Argo CD project; idempotent; commit the result for review."""
+    """Write the tenant's overlay, Argo CD project and app set, Flux objects and per-env release lists; idempotent;
+    commit the result for review."""
     from kubeforge.deploy.tenants import add_tenant
 
     try:
@@ -365,10 +366,12 @@ def tenant_list(repo: RepoOption = Path(".")) -> None:
 def promote(
     run_dir: Annotated[Path, typer.Argument(help="the run directory to promote")],
     tenant: Annotated[str, typer.Option(help="tenant (namespace) that serves it")],
-    env: Annotated[str, typer.Option(help="environment, e.g. dev or prod")],
+    env: Annotated[str, typer.Option(help="environment: a cluster entry point under manifests/clusters/ (dev, prod)")],
     image: Annotated[str, typer.Option("--image", "-t", help="the serving image built from this run")],
     repo: RepoOption = Path("."),
-    app_name: Annotated[str, typer.Option("--app", help="application name under apps/<tenant>/")] = "classifier",
+    app_name: Annotated[str, typer.Option(
+        "--app", help="release name: manifests/apps/<tenant>/<env>/<app>/ (DNS-1123, at most 53 characters)")] = (
+        "classifier"),
     profile: ProfileOption = None,
     push: Annotated[bool, typer.Option(help="git push after committing")] = False,
     platform_config: PlatformOption = None,

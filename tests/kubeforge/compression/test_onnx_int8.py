@@ -7,9 +7,13 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from kubeforge.compression import Candidate
 from kubeforge.compression.artifact import (ONNX_LOGITS, ONNX_PROBABILITIES, candidate_predictor, load_predictor,
                                             onnx_predictor, onnx_session, save_candidate)
-from kubeforge.compression.onnx_int8 import onnx_fp32, onnx_int8
+from kubeforge.compression.onnx_int8 import float_logits, onnx_fp32, onnx_int8
+from kubeforge.models import build_model
+from kubeforge.training import set_seed
+from tests.kubeforge.conftest import spec_for
 
 
 @pytest.fixture(scope="module")
@@ -76,3 +80,22 @@ def test_logits_only_graphs_written_before_the_softmax_moved_inside_still_load(t
     program.save(buffer)
     predict = onnx_predictor(onnx_session(buffer.getvalue()))
     assert np.allclose(predict(digits.X_test), candidate_predictor(teacher)(digits.X_test), atol=1e-5)
+
+
+def test_static_int8_conv_net_keeps_float_logits_and_loads_back_exactly(digits, tmp_path):
+    set_seed(0)
+    spec = spec_for(digits, model="cnn", channels=[8])
+    cnn = Candidate(name="cnn", spec=spec, module=build_model(spec).eval())
+    quantized = onnx_int8(cnn, calibration=digits.X_train, calibration_batches=4)
+    ops = optimised_ops(quantized.onnx, tmp_path)
+    assert "QLinearConv" in ops and ops[-2:] == ["QGemm", "Softmax"]
+    expected = candidate_predictor(quantized)(digits.X_test)
+    save_candidate(quantized, tmp_path / "saved")
+    assert np.array_equal(load_predictor(tmp_path / "saved")(digits.X_test), expected)
+
+
+def test_float_logits_leaves_graphs_without_quantised_logits_alone(teacher):
+    model = onnx.load_from_string(onnx_int8(teacher).onnx)  # dynamic: logits come from a float Add
+    before = model.SerializeToString()
+    float_logits(model)
+    assert model.SerializeToString() == before

@@ -38,7 +38,7 @@ build_kwok() {
   local gobin
   gobin="$(mktemp -d "$BIN/.kwok-build.XXXXXX")"
   log "go install sigs.k8s.io/kwok/cmd/{kwok,kwokctl}@$KWOK_VERSION"
-  GOBIN="$gobin" GOFLAGS=-trimpath go install -ldflags='-s -w' \
+  GOBIN="$gobin" go install -trimpath -ldflags='-s -w' \
     "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION" "sigs.k8s.io/kwok/cmd/kwokctl@$KWOK_VERSION"
   mv "$gobin/kwok" "${TARGETS[kwok]}"
   mv "$gobin/kwokctl" "${TARGETS[kwokctl]}"

@@ -53,9 +53,7 @@ def create_strict(cluster, objects: list[dict], *flags: str):
     return cluster.kubectl("create", "--validate=strict", *flags, "-f", "-", input=dump(*objects), check=False)
 
 
-@pytest.mark.parametrize("version", [
-    pytest.param(v, marks=pytest.mark.xfail(reason=KNOWN_REFUSED[v], strict=True, raises=AssertionError))
-    if v in KNOWN_REFUSED else v for v in TRAINER_VERSIONS])
+@pytest.mark.parametrize("version", TRAINER_VERSIONS)
 def test_trainjob_and_its_runtime_are_accepted_with_strict_validation(cluster, tenants, version):
     install_crds(cluster, trainer_crds(version))
     for profile in ("gpu-a100", "cpu"):
@@ -63,6 +61,11 @@ def test_trainjob_and_its_runtime_are_accepted_with_strict_validation(cluster, t
                                                   profile=profile, dist_backend="gloo"))
         assert [o["kind"] for o in objects] == ["TrainingRuntime", "TrainJob"]
         done = create_strict(cluster, objects, "--dry-run=server")
+        if version in KNOWN_REFUSED and "numProcPerNode" in objects[0]["spec"]["mlPolicy"].get("torch", {}):
+            # exactly the known refusal and nothing else; once jobs.py stops setting the field this branch is gone
+            assert done.returncode != 0 and done.stderr.count("unknown field") == 1, done.stderr
+            assert 'unknown field "spec.mlPolicy.torch.numProcPerNode"' in done.stderr, done.stderr
+            pytest.xfail(KNOWN_REFUSED[version])
         assert done.returncode == 0, f"Trainer {version}, profile {profile}:\n{done.stderr}"
     # the check is live: a field the CRD schema does not know is refused
     broken = jobs.render_trainjob(request("strict-broken", "trainjob"))

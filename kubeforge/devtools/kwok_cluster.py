@@ -63,9 +63,7 @@ class FakeNode:
         return {"apiVersion": "v1", "kind": "Node",
                 "metadata": {"name": self.name, "labels": labels, "annotations": {FAKE_NODE_ANNOTATION: "fake"}},
                 "spec": spec,
-                "status": {"capacity": capacity, "allocatable": dict(capacity),
-                           "nodeInfo": {"architecture": "amd64", "operatingSystem": "linux",
-                                        "kubeletVersion": "fake", "kubeProxyVersion": "fake"}}}
+                "status": {"capacity": capacity, "allocatable": dict(capacity)}}
 
 
 DEFAULT_NODES = (

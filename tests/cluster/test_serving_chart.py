@@ -80,6 +80,22 @@ def test_gpu_profile_lands_only_on_gpu_nodes_of_its_product(cluster, tenants, he
         release.uninstall()
 
 
+def test_gpu_product_no_node_offers_stays_pending_instead_of_landing_elsewhere(cluster, tenants, helm, tmp_path):
+    release = Release(cluster, helm, "serve-h100")
+    try:
+        # no --wait: the rollout cannot complete, which is the point
+        release.run("install", release.name, str(CHART), "-f", str(profile_values(tmp_path, "gpu-h100")))
+        (pod,) = wait_for(lambda: [p for p in release.pods() if any(
+            c["type"] == "PodScheduled" and c["status"] == "False" for c in p["status"].get("conditions", []))],
+            60, "the scheduler to give up on the H100 pod")
+        assert not pod["spec"].get("nodeName") and pod["status"]["phase"] == "Pending"
+        (condition,) = [c for c in pod["status"]["conditions"] if c["type"] == "PodScheduled"]
+        assert condition["reason"] == "Unschedulable"
+        assert "node affinity/selector" in condition["message"]
+    finally:
+        release.uninstall()
+
+
 def test_gpu_off_lands_on_cpu_nodes_and_upgrade_and_rollback_roll_out(cluster, tenants, helm, tmp_path):
     release = Release(cluster, helm, "serve-cpu")
     try:

@@ -152,6 +152,9 @@ class KwokCluster:
 
     def up(self, nodes: tuple[FakeNode, ...] = DEFAULT_NODES, timeout: float = 240) -> float:
         """Create the cluster and its fake nodes; returns the seconds it took. Half-started clusters are removed."""
+        if (self.workdir / "clusters" / self.name).exists():
+            raise ClusterError(f"cluster {self.name} already exists (kubeconfig {self.kubeconfig}); "
+                               "take it down first")
         started = time.monotonic()
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / f"{self.name}.kwokctl.yaml"

@@ -19,7 +19,7 @@ import numpy as np
 
 from bench._harness import write
 from kubeforge.compression import Candidate
-from kubeforge.compression.artifact import onnx_predictor, onnx_session
+from kubeforge.onnx_inference import onnx_predictor, onnx_session
 from kubeforge.compression.bench import ROUNDS, measure_all
 from kubeforge.compression.distill import distill
 from kubeforge.compression.onnx_int8 import onnx_int8

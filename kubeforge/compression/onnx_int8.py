@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from kubeforge.compression.artifact import ONNX_INPUT as INPUT
-from kubeforge.compression.artifact import ONNX_LOGITS as LOGITS
-from kubeforge.compression.artifact import ONNX_PROBABILITIES as PROBABILITIES
 from kubeforge.compression.candidate import Candidate, CompressionError, has_conv, linear_layers
 from kubeforge.models import Classifier
+from kubeforge.onnx_inference import ONNX_INPUT as INPUT
+from kubeforge.onnx_inference import ONNX_LOGITS as LOGITS
+from kubeforge.onnx_inference import ONNX_PROBABILITIES as PROBABILITIES
 
 # Left in float: the standardisation (one elementwise op, and its per-feature scale cannot live in a per-tensor int8
 # activation) and the softmax (10 values; quantising it costs accuracy and time).

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -22,13 +21,10 @@ from typing import Any
 import numpy as np
 
 from kubeforge.config import ConfigError, ServeConfig
+from kubeforge.onnx_inference import ONNX_FILE, Predictor, onnx_predictor, onnx_session
 
 # The on-disk contract written by kubeforge.models / kubeforge.compression.artifact (read here without torch).
 SPEC_FILE = "model.json"
-ONNX_FILE = "model.onnx"
-ONNX_INPUT, ONNX_OUTPUT = "features", "logits"
-
-Predictor = Callable[[np.ndarray], np.ndarray]
 
 
 class RequestError(ValueError):
@@ -64,29 +60,9 @@ class ServedSpec:
         return spec
 
 
-def onnx_predictor(path: Path, threads: int) -> Predictor:
-    """ONNX Runtime with no thread spinning: idle intra-op threads that spin steal the cores the HTTP loop needs."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-    def predict(X: np.ndarray) -> np.ndarray:
-        logits = session.run([ONNX_OUTPUT], {ONNX_INPUT: X})[0]
-        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return shifted / shifted.sum(axis=1, keepdims=True)
-
-    return predict
-
-
 def load_model_predictor(model_dir: Path, threads: int) -> Predictor:
     if (model_dir / ONNX_FILE).is_file():
-        return onnx_predictor(model_dir / ONNX_FILE, threads)
+        return onnx_predictor(onnx_session(model_dir / ONNX_FILE, threads))
     import torch  # only safetensors models pay for torch
 
     torch.set_num_threads(threads)

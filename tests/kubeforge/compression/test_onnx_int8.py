@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from kubeforge.compression import Candidate
-from kubeforge.compression.artifact import (ONNX_LOGITS, ONNX_PROBABILITIES, candidate_predictor, load_predictor,
-                                            onnx_predictor, onnx_session, save_candidate)
+from kubeforge.compression.artifact import candidate_predictor, load_predictor, save_candidate
+from kubeforge.onnx_inference import ONNX_LOGITS, ONNX_PROBABILITIES, onnx_predictor, onnx_session
 from kubeforge.compression.onnx_int8 import float_logits, onnx_fp32, onnx_int8
 from kubeforge.models import build_model
 from kubeforge.training import set_seed

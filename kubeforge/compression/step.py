@@ -17,7 +17,7 @@ from kubeforge.compression.distill import distill
 from kubeforge.compression.onnx_int8 import check_onnx_int8, onnx_int8
 from kubeforge.compression.prune import check_structured, prune_structured, prune_unstructured
 from kubeforge.compression.quantize import check_int8_dynamic, int8_dynamic
-from kubeforge.compression.select import candidate_table, select
+from kubeforge.compression.select import select
 from kubeforge.config import COMPRESSION_METHODS, CompressConfig
 from kubeforge.data import Splits, read_splits
 from kubeforge.models import load_model

@@ -2,7 +2,6 @@ import asyncio
 import time
 
 import numpy as np
-import pytest
 
 from kubeforge.serving.batching import MicroBatcher, Overloaded
 

@@ -203,7 +203,9 @@ def render_training_runtime(request: TrainingJobRequest) -> dict[str, Any]:
         "kind": "TrainingRuntime",
         "metadata": {"name": request.name, "namespace": request.namespace, "labels": _labels(request)},
         "spec": {
-            "mlPolicy": {"numNodes": settings.nodes, "torch": {"numProcPerNode": settings.procs_per_node}},
+            # an empty torch policy enables the torch plugin; the process count travels on the TrainJob
+            # (trainer.numProcPerNode), because Trainer v2.2 no longer accepts it here
+            "mlPolicy": {"numNodes": settings.nodes, "torch": {}},
             "template": {"spec": {
                 "failurePolicy": {"maxRestarts": settings.max_restarts},
                 "replicatedJobs": [{

@@ -79,7 +79,7 @@ def assert_restricted(pod_spec):
 def test_trainjob_runtime_carries_placement_priority_pvc_and_restarts(platform):
     runtime = render_training_runtime(request_for(platform))
     assert (runtime["kind"], runtime["metadata"]["name"]) == ("TrainingRuntime", "kubeforge-train-abc")
-    assert runtime["spec"]["mlPolicy"] == {"numNodes": 3, "torch": {"numProcPerNode": 4}}
+    assert runtime["spec"]["mlPolicy"] == {"numNodes": 3, "torch": {}}
     jobset = runtime["spec"]["template"]["spec"]
     assert jobset["failurePolicy"] == {"maxRestarts": 5}
     [node] = jobset["replicatedJobs"]

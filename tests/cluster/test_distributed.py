@@ -8,21 +8,15 @@ import pytest
 import yaml
 
 from kubeforge.config import DistributedConfig, load_platform
+from kubeforge.distributed import jobs, launcher
 from kubeforge.deploy.schemas import go_module_dir
 from tests.cluster.conftest import dump, get_json, install_crds, wait_for
 
 pytestmark = pytest.mark.cluster
-jobs = pytest.importorskip("kubeforge.distributed.jobs", reason="kubeforge/distributed is not there yet")
-launcher = pytest.importorskip("kubeforge.distributed.launcher", reason="kubeforge/distributed is not there yet")
 
 NAMESPACE = "alpha"
 TRAINER_MODULE = "github.com/kubeflow/trainer/v2"
 TRAINER_VERSIONS = ("v2.0.0", "v2.1.0", "v2.2.0")  # the Trainer v2 releases jobs.py is written for
-# Trainer v2.2.0's TrainingRuntime schema has `mlPolicy.torch` as an object without properties, so the API server
-# prunes (strict validation: refuses) the runtime's `torch.numProcPerNode`. The offline schema check in
-# tests/kubeforge/distributed cannot see this (no properties listed = nothing to forbid); only a real server does.
-KNOWN_REFUSED = {"v2.2.0": "Trainer v2.2.0 dropped mlPolicy.torch.numProcPerNode from TrainingRuntime; "
-                           "kubeforge/distributed/jobs.py still sets it (TrainJob's trainer.numProcPerNode suffices)"}
 OPERATOR_CRD = ("github.com/kubeflow/training-operator", "v1.9.3", "manifests/base/crds/kubeflow.org_pytorchjobs.yaml")
 ARGS = ["--splits", "/mnt/kubeforge/j/splits", "--config", "/mnt/kubeforge/j/train.json", "--output",
         "/mnt/kubeforge/j/model"]
@@ -61,11 +55,6 @@ def test_trainjob_and_its_runtime_are_accepted_with_strict_validation(cluster, t
                                                   profile=profile, dist_backend="gloo"))
         assert [o["kind"] for o in objects] == ["TrainingRuntime", "TrainJob"]
         done = create_strict(cluster, objects, "--dry-run=server")
-        if version in KNOWN_REFUSED and "numProcPerNode" in objects[0]["spec"]["mlPolicy"].get("torch", {}):
-            # exactly the known refusal and nothing else; once jobs.py stops setting the field this branch is gone
-            assert done.returncode != 0 and done.stderr.count("unknown field") == 1, done.stderr
-            assert 'unknown field "spec.mlPolicy.torch.numProcPerNode"' in done.stderr, done.stderr
-            pytest.xfail(KNOWN_REFUSED[version])
         assert done.returncode == 0, f"Trainer {version}, profile {profile}:\n{done.stderr}"
     # the check is live: a field the CRD schema does not know is refused
     broken = jobs.render_trainjob(request("strict-broken", "trainjob"))
@@ -120,17 +109,16 @@ LAUNCHER_NEEDS = [
     *((verb, "trainingruntimes.trainer.kubeflow.org") for verb in ("get", "create", "update", "patch", "delete")),
     *((verb, "pytorchjobs.kubeflow.org") for verb in ("get", "list", "create")),
     ("list", "pods"), ("get", "pods/log"),
+    # the build-image step (kubeforge.serving.image_build)
+    *((verb, "jobs.batch") for verb in ("create", "get", "delete")), ("list", "events"),
 ]
 
 
-def test_pipeline_runner_account_may_do_what_the_launcher_does(cluster, tenants):
+def test_pipeline_runner_account_may_do_what_the_cluster_steps_do(cluster, tenants):
     """The tenant base's pipeline-runner account runs KFP steps (manifests/tenants/base/rbac.yaml), the launcher
     step among them; RBAC decides here, impersonating that account."""
     account = f"system:serviceaccount:{NAMESPACE}:pipeline-runner"
     denied = [(verb, resource) for verb, resource in LAUNCHER_NEEDS
               if cluster.kubectl("auth", "can-i", verb, resource, "-n", NAMESPACE, f"--as={account}",
                                  check=False).stdout.strip() != "yes"]
-    if len(denied) == len(LAUNCHER_NEEDS):
-        pytest.xfail("the tenant base binds no Role to pipeline-runner, so a launcher step running as it is "
-                     f"forbidden everything it does: {', '.join(f'{v} {r}' for v, r in denied)}")
     assert not denied, f"{account} lacks: {denied}"

@@ -122,8 +122,10 @@ def test_tenant_overlay_is_namespaced_with_its_quota_and_owner():
     assert {o["metadata"]["namespace"] for o in namespaced} == {"team-a"}
     (quota,) = [o for o in objects if o["kind"] == "ResourceQuota"]
     assert quota["spec"]["hard"]["requests.nvidia.com/gpu"] == "4"
-    (binding,) = [o for o in objects if o["kind"] == "RoleBinding"]
-    assert binding["subjects"][0]["name"] == "team-a-engineers"
+    bindings = {o["metadata"]["name"]: o for o in objects if o["kind"] == "RoleBinding"}
+    assert bindings["kubeforge-tenant"]["subjects"][0]["name"] == "team-a-engineers"
+    assert bindings["kubeforge-pipeline-runner"]["subjects"] == [
+        {"kind": "ServiceAccount", "name": "pipeline-runner", "namespace": "team-a"}]
     kinds = {o["kind"] for o in objects}
     assert {"LimitRange", "NetworkPolicy", "Role", "ServiceAccount"} <= kinds
 

@@ -333,6 +333,9 @@ def tenant_add(
     False,
     queue: Annotated[bool, typer.Option(help="add a Kueue LocalQueue 'default' in the platform ClusterQueue")] =
     False,
+    pod_security: Annotated[str, typer.Option(
+        help="Pod Security level the namespace enforces: restricted, or baseline to allow the in-cluster image "
+             "build (Kaniko runs as root)")] = "restricted",
     force: Annotated[bool, typer.Option(help="overwrite hand-edited files")] = False,
     repo: RepoOption = Path("."),
 ) -> None:
@@ -342,7 +345,7 @@ def tenant_add(
 
     try:
         result = add_tenant(repo, name, gpus=gpus, cpu=cpu, memory=memory, owner=owner, gpu_resource=gpu_resource,
-                            kubeflow=kubeflow, queue=queue, force=force)
+                            kubeflow=kubeflow, queue=queue, pod_security=pod_security, force=force)
     except ConfigError as exc:
         fail(str(exc))
     if not result.written:
@@ -356,9 +359,10 @@ def tenant_list(repo: RepoOption = Path(".")) -> None:
     """Tenants in the GitOps repository and their quotas."""
     from kubeforge.deploy.tenants import list_tenants
 
-    table = Table("tenant", "owner", "GPUs", "CPU", "memory")
+    table = Table("tenant", "owner", "GPUs", "CPU", "memory", "pod security")
     for tenant in list_tenants(repo):
-        table.add_row(tenant.name, tenant.owner, f"{tenant.gpus} {tenant.gpu_resource}", tenant.cpu, tenant.memory)
+        table.add_row(tenant.name, tenant.owner, f"{tenant.gpus} {tenant.gpu_resource}", tenant.cpu, tenant.memory,
+                      tenant.pod_security)
     console.print(table)
 
 

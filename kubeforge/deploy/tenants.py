@@ -46,6 +46,12 @@ class TenantInfo:
     memory: str
     kubeflow: bool = False
     queue: bool = False
+    pod_security: str = "restricted"
+
+
+# restricted by default; baseline lets the in-cluster image build run (Kaniko needs root), nothing laxer is offered
+POD_SECURITY_LEVELS = ("restricted", "baseline")
+POD_SECURITY_LABEL = "pod-security.kubernetes.io/enforce"
 
 
 @dataclass(frozen=True)
@@ -91,7 +97,7 @@ def _namespace(info: TenantInfo) -> str:
     else:
         document = {"apiVersion": "v1", "kind": "Namespace",
                     "metadata": {"name": info.name, "labels": {"pipelines.kubeflow.org/enabled": "true",
-                                                               "pod-security.kubernetes.io/enforce": "restricted",
+                                                               POD_SECURITY_LABEL: info.pod_security,
                                                                "app.kubernetes.io/part-of": "kubeforge"}}}
     return HEADER + yaml.safe_dump(document, sort_keys=False)
 
@@ -227,7 +233,7 @@ def _with_resource(path: Path, entry: str) -> str:
 
 def add_tenant(repo_root: str | Path, name: str, *, gpus: int, cpu: str, memory: str, owner: str,
                gpu_resource: str = "nvidia.com/gpu", kubeflow: bool = False, queue: bool = False,
-               force: bool = False) -> TenantResult:
+               pod_security: str = "restricted", force: bool = False) -> TenantResult:
     """Write (or confirm) the tenant's overlay and Argo CD objects; every check runs before anything is written."""
     root = Path(repo_root)
     validate_name(name)
@@ -240,10 +246,15 @@ def add_tenant(repo_root: str | Path, name: str, *, gpus: int, cpu: str, memory:
     if not _GPU_RESOURCE.match(gpu_resource):
         raise TenantError(f"gpu resource {gpu_resource!r} is not nvidia.com/gpu or a MIG resource "
                           "(nvidia.com/mig-<n>g.<m>gb)")
+    if pod_security not in POD_SECURITY_LEVELS:
+        raise TenantError(f"pod security level {pod_security!r} is not one of {', '.join(POD_SECURITY_LEVELS)}")
+    if kubeflow and pod_security != "restricted":
+        raise TenantError("--pod-security applies to plain namespaces; with --kubeflow the profile controller labels "
+                          "the namespace (set the level in its namespace labels)")
     if not (root / "manifests" / "tenants" / "base" / "kustomization.yaml").is_file():
         raise TenantError(f"{root} has no manifests/tenants/base; run this in the GitOps repository")
     info = TenantInfo(name=name, owner=owner, gpus=gpus, gpu_resource=gpu_resource, cpu=cpu, memory=memory,
-                      kubeflow=kubeflow, queue=queue)
+                      kubeflow=kubeflow, queue=queue, pod_security=pod_security)
     queued = [LOCAL_QUEUE_FILE] if queue else []
     overlay_dir = root / "manifests" / "tenants" / name
     if (overlay_dir / NAMESPACE_FILES[not kubeflow]).is_file() and not force:
@@ -317,8 +328,17 @@ def list_tenants(repo_root: str | Path) -> list[TenantInfo]:
                                   gpus=int(hard.get(gpu_key, 0)), gpu_resource=gpu_key.removeprefix("requests."),
                                   cpu=hard.get("requests.cpu", "?"), memory=hard.get("requests.memory", "?"),
                                   kubeflow=(overlay.parent / NAMESPACE_FILES[True]).is_file(),
-                                  queue=any(overlay.parent.rglob(LOCAL_QUEUE_FILE))))
+                                  queue=any(overlay.parent.rglob(LOCAL_QUEUE_FILE)),
+                                  pod_security=_pod_security(overlay.parent)))
     return tenants
+
+
+def _pod_security(overlay_dir: Path) -> str:
+    namespace = overlay_dir / NAMESPACE_FILES[False]
+    if not namespace.is_file():
+        return "restricted"  # a Kubeflow Profile: the profile controller decides
+    labels = (yaml.safe_load(namespace.read_text()).get("metadata") or {}).get("labels") or {}
+    return labels.get(POD_SECURITY_LABEL, "restricted")
 
 
 def total_quota(tenants: list[TenantInfo]) -> dict[str, float]:

@@ -60,7 +60,7 @@ def run_image_job(job: dict[str, Any], *, api_client: Any, timeout_s: float, pol
                               f"(HTTP {exc.status})") from None
     deadline = clock() + timeout_s
     while True:
-        status = batch.read_namespaced_job_status(name, namespace).status
+        status = batch.read_namespaced_job(name, namespace).status  # jobs/status would need its own RBAC rule
         if status.succeeded:
             return f"{namespace}/{name}"
         failed = _failed_condition(status)

@@ -118,10 +118,24 @@ def test_invalid_names(repo, name, message):
     ({"memory": "64GB"}, "memory '64GB' is not a Kubernetes quantity"),
     ({"owner": " "}, "owner .* must not be empty"),
     ({"gpu_resource": "amd.com/gpu"}, "is not nvidia.com/gpu or a MIG resource"),
+    ({"pod_security": "privileged"}, "pod security level 'privileged' is not one of restricted, baseline"),
+    ({"pod_security": "baseline", "kubeflow": True}, "--pod-security applies to plain namespaces"),
 ])
 def test_invalid_quantities(repo, kwargs, message):
     with pytest.raises(TenantError, match=message):
         add(repo, **kwargs)
+
+
+def test_namespaces_enforce_restricted_unless_baseline_is_asked_for(repo):
+    add(repo)
+    add(repo, "team-builds", pod_security="baseline")
+    for name, level in (("team-x", "restricted"), ("team-builds", "baseline")):
+        namespace = yaml.safe_load((repo / "manifests" / "tenants" / name / "namespace.yaml").read_text())
+        assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == level
+    assert {t.name: t.pod_security for t in list_tenants(repo)} == {"team-builds": "baseline", "team-x": "restricted"}
+    assert add(repo, "team-builds", pod_security="baseline").written == []  # list -> add round-trips
+    with pytest.raises(TenantError, match="rerun with --force"):
+        add(repo, "team-builds")  # tightening it is a change like any other: shown as a diff, needs --force
 
 
 def test_switching_to_a_kubeflow_profile_needs_force(repo):

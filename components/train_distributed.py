@@ -3,7 +3,8 @@ back as this step's Model artifact.
 
 The step itself is light (it only launches and waits): give it a CPU profile, and mount the checkpoint PVC on it at
 ``checkpoint_mount`` (``kfp.kubernetes.mount_pvc``), the same path the job's pods use. Its ServiceAccount needs
-create/get/list/patch/delete on trainingruntimes and trainjobs (or pytorchjobs), and get/list on pods and pods/log.
+create/get/list/patch/delete on trainingruntimes and trainjobs (or pytorchjobs), and get/list on pods and pods/log:
+the tenant base's ``pipeline-runner`` account has exactly that (manifests/tenants/base/rbac.yaml).
 """
 
 from kfp import dsl

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from kubeforge.config import ConfigError, PlatformConfig, load_platform, parse_param_assignments
+from kubeforge.config import ConfigError, PlatformConfig, RunConfig, load_platform, parse_param_assignments
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Kubernetes-native MLOps: train, compress, package and deploy models through KFP pipelines.")
@@ -364,6 +364,37 @@ def tenant_list(repo: RepoOption = Path(".")) -> None:
         table.add_row(tenant.name, tenant.owner, f"{tenant.gpus} {tenant.gpu_resource}", tenant.cpu, tenant.memory,
                       tenant.pod_security)
     console.print(table)
+
+
+job_app = typer.Typer(help="Distributed training jobs: what the train-distributed step creates.",
+                      no_args_is_help=True)
+app.add_typer(job_app, name="job")
+
+
+@job_app.command("render")
+def job_render(
+    name: Annotated[str, typer.Argument(help="job name (DNS-1123)")],
+    namespace: Annotated[str, typer.Option("--namespace", "-n", help="the tenant's namespace")],
+    profile: ProfileOption = None,
+    param: ParamOption = None,
+    image: Annotated[str, typer.Option(help="training image (default: the platform file's image)")] = "",
+    service_account: Annotated[str, typer.Option(help="ServiceAccount of the job's pods")] = "",
+    platform_config: PlatformOption = None,
+) -> None:
+    """Print the TrainJob (or PyTorchJob) objects the train-distributed step would create, with the distributed
+    settings from -p (nodes, procs_per_node, job_kind, checkpoint_pvc, ...): for review, or
+    `kubectl apply --dry-run=server -f -`."""
+    from kubeforge.distributed.jobs import JobSpecError, manifests_yaml
+    from kubeforge.distributed.step import plan_job
+
+    platform = platform_or_fail(platform_config)
+    try:
+        settings = RunConfig.from_flat(parse_param_assignments(param or [], ["distributed"]), ["distributed"])
+        request = plan_job(name, settings.distributed, profile=profile or platform.default_profile, image=image,
+                           namespace=namespace, job_name=name, service_account=service_account, platform=platform)
+    except (ConfigError, JobSpecError) as exc:
+        fail(str(exc))
+    typer.echo(manifests_yaml(request), nl=False)
 
 
 @app.command()

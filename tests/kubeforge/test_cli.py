@@ -27,6 +27,10 @@ def invoke(*args: str):
     (["compile", "nope", "-o", "x.yaml"], "unknown pipeline 'nope'"),
     (["compile", "train-evaluate", "-o", "x.yaml", "--profile", "tpu"], "unknown profile 'tpu'"),
     (["run", "--platform-config", "/nonexistent/platform.yaml"], "platform config /nonexistent/platform.yaml does not exist"),
+    (["job", "render", "Bad_Name", "-n", "team-a"], "job name 'Bad_Name' must be a DNS-1035 label"),
+    (["job", "render", "ok", "-n", "team-a", "-p", "nodes=0"], "nodes: Input should be greater than or equal to 1"),
+    (["job", "render", "ok", "-n", "team-a", "-p", "epochs=3"], "unknown parameter 'epochs'"),
+    (["job", "render", "ok", "-n", "team-a", "--profile", "tpu"], "unknown profile 'tpu'"),
 ])
 def test_usage_errors_print_one_line_and_exit_2(args, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -35,6 +39,23 @@ def test_usage_errors_print_one_line_and_exit_2(args, message, tmp_path, monkeyp
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], result.output
     assert not (tmp_path / "runs").exists() and not (tmp_path / "x.yaml").exists()
+
+
+def test_job_render_prints_the_training_job_the_profile_asks_for():
+    import yaml
+
+    result = invoke("job", "render", "nightly", "-n", "team-a", "--profile", "gpu-a100", "-p", "nodes=2",
+                    "-p", "procs_per_node=4", "-p", "checkpoint_pvc=ckpt")
+    assert result.exit_code == 0, result.output
+    runtime, trainjob = yaml.safe_load_all(result.output)
+    assert (runtime["kind"], trainjob["kind"]) == ("TrainingRuntime", "TrainJob")
+    assert trainjob["metadata"] == {**trainjob["metadata"], "name": "nightly", "namespace": "team-a"}
+    trainer = trainjob["spec"]["trainer"]
+    assert (trainer["numNodes"], trainer["numProcPerNode"]) == (2, 4)
+    assert trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == "4"
+    pod = runtime["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
+    assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "ckpt"
 
 
 def test_compile_writes_ir(tmp_path):

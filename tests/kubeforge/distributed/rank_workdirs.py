@@ -1,14 +1,15 @@
 """Launched by torchrun from test_worker.py: every rank trains with its OWN work directory.
 
-Only rank 0 may write into its directory; rank 1's must stay absent. Each rank then prints a checksum of its final
+Only rank 0 may write into its directory; rank 1's must stay absent. Each rank then reports a checksum of its final
 weights (rank 1 gets rank 0's best weights by broadcast), and a second, resuming call must be refused on every rank
-because rank 1 cannot see rank 0's checkpoint (the situation of two nodes without shared storage).
+because rank 1 cannot see rank 0's checkpoint (the situation of two nodes without shared storage). Reports go to one
+file per rank under ``<base>/reports``: two processes printing to one pipe can interleave their lines.
 """
 
+import json
 import sys
 from pathlib import Path
 
-import torch
 
 from kubeforge.checkpoint import CheckpointError
 from kubeforge.config import ModelConfig, TrainConfig
@@ -27,11 +28,12 @@ set_seed(0)
 model = build_model(model_spec_for(splits, ModelConfig(hidden_sizes=[32])))
 workdir = base / f"rank{rendezvous.rank}"
 train_model(model, splits.X_train, splits.y_train, splits.X_val, splits.y_val, config, workdir, progress=False)
-checksum = sum(float(t.double().sum()) for t in model.state_dict().values())
-print(f"rank{rendezvous.rank} checksum {checksum!r}", flush=True)
+report = {"checksum": sum(float(t.double().sum()) for t in model.state_dict().values()), "refused": ""}
 try:
     train_model(model, splits.X_train, splits.y_train, splits.X_val, splits.y_val, config.model_copy(
         update={"epochs": 5}), workdir, resume=True, progress=False)
 except CheckpointError as exc:
-    print(f"rank{rendezvous.rank} refused: {exc}", flush=True)
+    report["refused"] = str(exc)
+(base / "reports").mkdir(exist_ok=True)
+(base / "reports" / f"rank{rendezvous.rank}.json").write_text(json.dumps(report))
 leave_process_group()

@@ -196,11 +196,18 @@ def report_section(report: dict):
     rows = _rows(report)
     fig, axis = plt.subplots(figsize=(7, 4))
     biggest = max(m["size_bytes"] for m in rows)
+    # candidates often tie on accuracy and sit close in latency: stack the labels of near neighbours downwards
+    span_x = (max(m["p50_ms_b1"] for m in rows) - min(m["p50_ms_b1"] for m in rows)) or 1.0
+    span_y = (max(m["accuracy"] for m in rows) - min(m["accuracy"] for m in rows)) or 1.0
+    placed: list[tuple[float, float]] = []
     for m in rows:
-        axis.scatter(m["p50_ms_b1"], m["accuracy"], s=40 + 800 * m["size_bytes"] / biggest, alpha=0.6,
+        x, y = m["p50_ms_b1"], m["accuracy"]
+        axis.scatter(x, y, s=40 + 800 * m["size_bytes"] / biggest, alpha=0.6,
                      edgecolors="black", color="tab:red" if m["name"] == report["chosen"] else "tab:blue")
-        axis.annotate(m["name"], (m["p50_ms_b1"], m["accuracy"]), fontsize=8, xytext=(4, 4),
-                      textcoords="offset points")
+        crowd = sum(abs(x - px) < 0.15 * span_x and abs(y - py) < 0.08 * span_y for px, py in placed)
+        axis.annotate(m["name"], (x, y), fontsize=8, xytext=(6, 6 - 11 * crowd), textcoords="offset points")
+        placed.append((x, y))
+    axis.margins(x=0.12, y=0.15)  # room for the labels of the outermost points
     axis.set_xlabel("p50 latency at batch 1 (ms)")
     axis.set_ylabel("test accuracy")
     axis.set_title("accuracy vs latency (marker area ~ size on disk; red = chosen)")

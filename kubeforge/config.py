@@ -9,12 +9,20 @@ pipeline parameters without prefixes.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+# Kubernetes object names (namespaces, labels, Helm releases) and image references, checked wherever they are taken
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_LABEL = re.compile(DNS_LABEL_PATTERN)
+IMAGE_REFERENCE = re.compile(r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*"
+                             r"(:[\w][\w.-]{0,127})?(@sha256:[a-f0-9]{64})?$")
 
 
 class ConfigError(ValueError):
@@ -135,11 +143,6 @@ class CompressConfig(_Section):
         return value
 
 
-_IMAGE_REFERENCE = (r"[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*"
-                    r"(:[\w][\w.-]{0,127})?(@sha256:[a-f0-9]{64})?")
-IMAGE_REFERENCE_PATTERN = f"^{_IMAGE_REFERENCE}$"
-
-
 class ClusterConfig(_Section):
     """Steps that exist only on a Kubeflow cluster: the in-cluster serving-image build and the optional promotion."""
 
@@ -156,8 +159,8 @@ class ClusterConfig(_Section):
                                              "and push (needs serving_image, promote_tenant, gitops_repo_url)")
     promote_tenant: str = Field("", pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$", max_length=63,
                                 description="tenant whose apps/<tenant>/<env>/<app> values the promotion writes")
-    promote_env: str = Field("dev", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", description="environment, e.g. prod")
-    serving_app: str = Field("classifier", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+    promote_env: str = Field("dev", pattern=DNS_LABEL_PATTERN, description="environment, e.g. prod")
+    serving_app: str = Field("classifier", pattern=DNS_LABEL_PATTERN,
                              description="application name under apps/<tenant>/")
     serving_profile: str = Field("", description="scheduling profile of the served model ('' = platform default)")
     gitops_repo_url: str = Field("", description="HTTPS URL of the GitOps repository the promotion pushes to")
@@ -166,9 +169,7 @@ class ClusterConfig(_Section):
     @field_validator("serving_image")
     @classmethod
     def _image_reference(cls, value: str) -> str:
-        import re
-
-        if value and not re.match(IMAGE_REFERENCE_PATTERN, value):
+        if value and not IMAGE_REFERENCE.match(value):
             raise ValueError(f"{value!r} is not an image reference (registry/repository:tag or @sha256:<64 hex>)")
         return value
 
@@ -415,11 +416,9 @@ IMAGE_ENV = "KUBEFORGE_IMAGE"
 
 def runtime_image(platform: PlatformConfig, environ: Mapping[str, str] | None = None) -> str:
     """The one image every pipeline task runs in: $KUBEFORGE_IMAGE, else the platform file's ``image:``."""
-    import re
-
     environ = os.environ if environ is None else environ
     image, source = (environ[IMAGE_ENV], f"${IMAGE_ENV}") if environ.get(IMAGE_ENV) else (platform.image, "image")
-    if not re.match(IMAGE_REFERENCE_PATTERN, image):
+    if not IMAGE_REFERENCE.match(image):
         raise ConfigError(f"{source} {image!r} is not an image reference (registry/repository:tag or @sha256:<64 hex>)")
     return image
 
@@ -435,7 +434,7 @@ class SubmitConfig(_Section):
                                  description="ServiceAccount the run's pods use ('' = the namespace default)")
     enable_caching: bool = Field(False, description="let the training step reuse cached results")
     kube_context: str = Field("", description="reach KFP through this kubeconfig context's API server proxy")
-    kfp_namespace: str = Field("kubeflow", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+    kfp_namespace: str = Field("kubeflow", pattern=DNS_LABEL_PATTERN,
                                description="namespace of the ml-pipeline service (kube-context access)")
     ui_host: str = Field("", pattern=r"^$|^https?://\S+$", description="UI address for the printed link ('' = host)")
     timeout_s: float = Field(15.0, gt=0.0, le=600.0, description="timeout of each API request")
@@ -443,8 +442,6 @@ class SubmitConfig(_Section):
     @field_validator("host")
     @classmethod
     def _endpoint_url(cls, value: str) -> str:
-        import re
-
         if value and not re.match(r"^https?://[^\s/]+(/\S*)?$", value):
             raise ValueError(f"{value!r} is not an http(s):// URL")
         return value
@@ -452,9 +449,7 @@ class SubmitConfig(_Section):
     @field_validator("namespace")
     @classmethod
     def _namespace_label(cls, value: str) -> str:
-        import re
-
-        if len(value) > 63 or not re.match(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", value):
+        if len(value) > 63 or not DNS_LABEL.match(value):
             raise ValueError(f"{value!r} is not a DNS-1123 label (lower-case letters, digits, '-')")
         return value
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import re
 import subprocess
 import tempfile
 from collections.abc import Mapping
@@ -21,10 +20,9 @@ from pathlib import Path
 
 import yaml
 
-from kubeforge.config import ConfigError, PlatformConfig, ServeConfig
+from kubeforge.config import DNS_LABEL, ConfigError, PlatformConfig, ServeConfig
 from kubeforge.deploy.values import image_values, values_for_run
 
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 APPS_DIR = Path("manifests") / "apps"
 CLUSTERS_DIR = Path("manifests") / "clusters"
 CHART_PATH = "charts/kubeforge-serving"  # the chart travels in the GitOps repository, next to manifests/
@@ -170,7 +168,7 @@ def commit_message(tenant: str, env: str, app: str, evidence: Evidence) -> str:
 
 def _check_names(tenant: str, env: str, app: str) -> None:
     for label, value, limit in (("tenant", tenant, 63), ("env", env, 63), ("app", app, 53)):  # 53: Helm release
-        if not _DNS_LABEL.match(value) or len(value) > limit:
+        if not DNS_LABEL.match(value) or len(value) > limit:
             raise PromotionError(f"{label} {value!r} is not a DNS-1123 label of at most {limit} characters")
 
 

@@ -17,13 +17,12 @@ from pathlib import Path
 
 import yaml
 
-from kubeforge.config import ConfigError
+from kubeforge.config import DNS_LABEL, ConfigError
 from kubeforge.deploy.gitops import (APPS_DIR, CHART_PATH, FLUX_ACCOUNT, FLUX_ENV_VARIABLE, FLUX_SOURCE,
                                      env_kustomization, environments)
 
 RESERVED = {"default", "kube-system", "kube-public", "kube-node-lease", "kubeflow", "argocd", "base", "monitoring",
             "ingress-nginx"}
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _QUANTITY = re.compile(r"^(?P<number>[0-9]+(\.[0-9]+)?)(?P<suffix>m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
 _FACTORS = {"": 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
             "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
@@ -73,7 +72,7 @@ def parse_quantity(value: str, what: str) -> float:
 
 
 def validate_name(name: str) -> None:
-    if not _DNS_LABEL.match(name) or len(name) > 63:
+    if not DNS_LABEL.match(name) or len(name) > 63:
         raise TenantError(f"tenant name {name!r} is not a DNS-1123 label (lowercase letters, digits, '-', "
                           "at most 63 characters, starting and ending with a letter or digit)")
     if name in RESERVED or name.startswith("kube-"):

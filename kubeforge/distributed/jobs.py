@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from kubeforge.config import DistributedConfig, SchedulingProfile
+from kubeforge.config import DNS_LABEL, DistributedConfig, SchedulingProfile
 
 TRAINER_GROUP = "trainer.kubeflow.org"
 TRAINER_VERSION = "v1alpha1"
@@ -49,7 +49,6 @@ KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 RUNTIME_GID = 10001  # the project image's USER (images/runtime/Dockerfile); owns what the job writes to the PVC
 
 _DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-_DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 _QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([a-zA-Z]*)$")
 # names longer than this leave no room for the suffixes JobSet/the operator append to pod and service names
@@ -79,7 +78,7 @@ class TrainingJobRequest:
         if not _DNS1035.match(self.name) or len(self.name) > MAX_NAME_LENGTH:
             raise JobSpecError(f"job name {self.name!r} must be a DNS-1035 label (lowercase letters, digits, '-', "
                                f"starting with a letter) of at most {MAX_NAME_LENGTH} characters")
-        if not _DNS1123.match(self.namespace) or len(self.namespace) > 63:
+        if not DNS_LABEL.match(self.namespace) or len(self.namespace) > 63:
             raise JobSpecError(f"namespace {self.namespace!r} is not a valid Kubernetes namespace name")
         if not self.image.strip() or any(c.isspace() for c in self.image):
             raise JobSpecError(f"image {self.image!r} is not an image reference")
@@ -93,7 +92,7 @@ class TrainingJobRequest:
             if not _ENV_NAME.match(name):
                 raise JobSpecError(f"environment variable name {name!r} is not valid")
         for value in (self.service_account, self.queue):
-            if value and not _DNS1123.match(value):
+            if value and not DNS_LABEL.match(value):
                 raise JobSpecError(f"{value!r} is not a valid Kubernetes object name")
         if not self.worker_args:
             raise JobSpecError("worker_args are empty: the worker needs --splits, --config and --output")

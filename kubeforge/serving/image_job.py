@@ -7,26 +7,22 @@ The context reaches the Job from a PersistentVolumeClaim (both builders) or an o
 
 from __future__ import annotations
 
-import re
 from typing import Any, Literal
 
-from kubeforge.config import ConfigError
+from kubeforge.config import DNS_LABEL, IMAGE_REFERENCE, ConfigError
 
 BUILDER_IMAGES = {  # pinned builder images; override with --builder-image for a mirror
     "kaniko": "gcr.io/kaniko-project/executor:v1.23.2",
     "buildkit": "moby/buildkit:v0.16.0-rootless",
 }
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_IMAGE = re.compile(r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*(:[\w][\w.-]{0,127})?"
-                    r"(@sha256:[a-f0-9]{64})?$")
 
 
 def _check(image: str, namespace: str, name: str, context_pvc: str | None, context_uri: str | None,
            builder: str) -> None:
-    if not _IMAGE.match(image):
+    if not IMAGE_REFERENCE.match(image):
         raise ConfigError(f"image {image!r} is not a valid image reference (registry/repository:tag)")
     for label, value in (("namespace", namespace), ("name", name)):
-        if not _DNS_LABEL.match(value) or len(value) > 63:
+        if not DNS_LABEL.match(value) or len(value) > 63:
             raise ConfigError(f"{label} {value!r} is not a valid DNS-1123 label")
     if (context_pvc is None) == (context_uri is None):
         raise ConfigError("give exactly one build context source: --context-pvc or --context-uri")

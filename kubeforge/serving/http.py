@@ -20,7 +20,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from kubeforge.serving.batching import MicroBatcher, Overloaded
-from kubeforge.serving.limits import JSON_BYTES, PayloadTooLarge, error_body, route_path
+from kubeforge.serving.limits import PayloadTooLarge, error_body, route_path, send_json
 from kubeforge.serving.runtime import ModelRuntime, RequestError
 
 logger = logging.getLogger("kubeforge.serving")
@@ -127,6 +127,4 @@ class PredictAPI(FastAPI):
             status, body = 413, error_body(str(exc))
         else:
             status, body = await answer(self.state, b"".join(chunks))
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", JSON_BYTES), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await send_json(send, status, body)

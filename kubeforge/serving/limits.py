@@ -21,11 +21,15 @@ def route_path(scope: dict) -> str:
     return path[len(root):] if root and path.startswith(root) else path
 
 
-async def refuse(send: Any, status: int, message: str) -> None:
-    body = error_body(message)
+async def send_json(send: Any, status: int, body: bytes) -> None:
+    """One complete raw ASGI response with a JSON body."""
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", JSON_BYTES), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
+
+
+async def refuse(send: Any, status: int, message: str) -> None:
+    await send_json(send, status, error_body(message))
 
 
 class PayloadTooLarge(BentoMLException):

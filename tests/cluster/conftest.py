@@ -17,6 +17,7 @@ import yaml
 
 from kubeforge.devtools.kwok_cluster import (ClusterError, KwokCluster, MissingBinaries, cached_binaries,
                                              remove_stale_clusters)
+from tests.charts.conftest import helm  # noqa: F401 - the pinned helm, shared
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "manifests"
@@ -75,12 +76,11 @@ def _interrupt(signum, frame):
 
 
 @pytest.fixture(scope="session")
-def helm() -> str:
-    done = subprocess.run(["bash", str(ROOT / "scripts" / "get-helm.sh")], capture_output=True, text=True,
-                          env={"PATH": "/usr/bin:/bin:/usr/local/bin", "HOME": str(Path.home()),
-                               "PYTHON": sys.executable})
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip().splitlines()[-1]
+def api_client(cluster):
+    """A kubernetes client on the test cluster with the admin kubeconfig."""
+    from kubernetes import config
+
+    return config.new_client_from_config(config_file=str(cluster.kubeconfig))
 
 
 def apply(cluster, documents: str, *flags: str) -> subprocess.CompletedProcess:

@@ -36,13 +36,6 @@ def request(name: str, job_kind: str, profile: str = "gpu-a100", **settings):
                                    worker_args=ARGS, service_account="pipeline-runner")
 
 
-@pytest.fixture(scope="module")
-def api_client(cluster):
-    from kubernetes import config
-
-    return config.new_client_from_config(config_file=str(cluster.kubeconfig))
-
-
 def create_strict(cluster, objects: list[dict], *flags: str):
     return cluster.kubectl("create", "--validate=strict", *flags, "-f", "-", input=dump(*objects), check=False)
 

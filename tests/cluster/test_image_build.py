@@ -18,13 +18,6 @@ CONTEXT_CLAIM = "bento-context"
 
 
 @pytest.fixture(scope="module")
-def kube(cluster):
-    from kubernetes import config
-
-    return config.new_client_from_config(config_file=str(cluster.kubeconfig))
-
-
-@pytest.fixture(scope="module")
 def build_namespace(cluster, gitops_repo, tenants) -> str:
     """A tenant onboarded with `kubeforge tenant add --pod-security baseline` (Kaniko runs as root), with the
     build-context claim bound to a pre-provisioned volume (the scheduler will not place a pod whose claim is unbound)."""
@@ -84,21 +77,21 @@ def test_a_build_whose_pod_cannot_be_placed_times_out_and_is_deleted(cluster, ru
     assert "build-unplaceable" not in job_names(cluster, build_namespace)
 
 
-def test_a_tenant_namespace_refuses_the_root_builder_at_once(cluster, kube, tenants):
+def test_a_tenant_namespace_refuses_the_root_builder_at_once(cluster, api_client, tenants):
     """Tenant namespaces enforce the restricted Pod Security Standard by default; Kaniko runs as root, so admission
     refuses its pod. The runner says so at once instead of waiting for the timeout."""
     job = render_image_job(IMAGE, namespace="alpha", name="build-refused", context_pvc=CONTEXT_CLAIM)
 
     with pytest.raises(ImageBuildError) as raised:
-        run_image_job(job, api_client=kube, timeout_s=120, poll_s=0.5)
+        run_image_job(job, api_client=api_client, timeout_s=120, poll_s=0.5)
 
     message = str(raised.value)
     assert "its pod was refused" in message and "restricted" in message
     assert "build-refused" not in job_names(cluster, "alpha")
 
 
-def test_a_namespace_that_does_not_exist_is_named_in_the_error(kube):
+def test_a_namespace_that_does_not_exist_is_named_in_the_error(api_client):
     job = render_image_job(IMAGE, namespace="no-such-tenant", name="build-nowhere", context_pvc=CONTEXT_CLAIM)
 
     with pytest.raises(ImageBuildError, match="cannot create the image build Job no-such-tenant/build-nowhere"):
-        run_image_job(job, api_client=kube, timeout_s=5, poll_s=0.5)
+        run_image_job(job, api_client=api_client, timeout_s=5, poll_s=0.5)

@@ -373,7 +373,7 @@ app.add_typer(job_app, name="job")
 
 @job_app.command("render")
 def job_render(
-    name: Annotated[str, typer.Argument(help="job name (DNS-1123)")],
+    name: Annotated[str, typer.Argument(help="job name (DNS-1035: lowercase, starts with a letter, at most 40)")],
     namespace: Annotated[str, typer.Option("--namespace", "-n", help="the tenant's namespace")],
     profile: ProfileOption = None,
     param: ParamOption = None,

@@ -3,82 +3,44 @@
 
 from collections.abc import Callable
 
-from kfp import dsl
-
-from kubeforge.config import RunConfig
 from kubeforge_components.compress import compress
 from kubeforge_components.evaluate import evaluate
 from kubeforge_components.package import package
 from kubeforge_components.preprocess import preprocess
 from kubeforge_components.report import report
 from kubeforge_components.train import train
+from kubeforge_pipelines.params import Params, derived_pipeline, section_args
 from kubeforge_pipelines.scheduling import Placement
 
 NAME = "train-compress"
 DESCRIPTION = "Preprocess, train, evaluate, compress behind an accuracy gate, package a Bento, and report."
 SECTIONS = ("data", "model", "train", "compress")
-D = RunConfig().to_flat(SECTIONS)
+TRAINING_TASKS = ("train",)
+
+
+def evaluate_compress_report(placement: Placement, p: Params, splits, trained_model):
+    """The steps after training, shared with train-compress-cluster: (compress task, package task, report task)."""
+    scored = evaluate(splits=splits, trained_model=trained_model, seed=p["seed"])
+    compressed = compress(splits=splits, trained_model=trained_model, **section_args(p, "compress"))
+    summary = report(splits=splits, trained_model=trained_model, evaluation=scored.outputs["evaluation"],
+                     compressed_model=compressed.outputs["compressed_model"])
+    packaged = package(model=compressed.outputs["compressed_model"])
+    for task, name in ((scored, "evaluate"), (compressed, "compress"), (packaged, "package"), (summary, "report")):
+        task.set_display_name(name)
+        placement.step(task)  # latency is measured on CPU, where the model will be served
+    return compressed, packaged, summary
 
 
 def build(placement: Placement) -> Callable:
-    @dsl.pipeline(name=NAME, description=DESCRIPTION)
-    def train_compress(
-        dataset: str = D["dataset"],
-        label_column: str = D["label_column"],
-        val_fraction: float = D["val_fraction"],
-        test_fraction: float = D["test_fraction"],
-        split_seed: int = D["split_seed"],
-        model: str = D["model"],
-        hidden_sizes: list = D["hidden_sizes"],
-        channels: list = D["channels"],
-        dropout: float = D["dropout"],
-        epochs: int = D["epochs"],
-        learning_rate: float = D["learning_rate"],
-        batch_size: int = D["batch_size"],
-        weight_decay: float = D["weight_decay"],
-        patience: int = D["patience"],
-        seed: int = D["seed"],
-        device: str = D["device"],
-        mixed_precision: bool = D["mixed_precision"],
-        warm_start: str = D["warm_start"],
-        compress_methods: list = D["compress_methods"],
-        max_accuracy_drop: float = D["max_accuracy_drop"],
-        objective: str = D["objective"],
-        prune_fraction: float = D["prune_fraction"],
-        target_sparsity: float = D["target_sparsity"],
-        finetune_epochs: int = D["finetune_epochs"],
-        student_hidden_sizes: list = D["student_hidden_sizes"],
-        distill_epochs: int = D["distill_epochs"],
-        distill_temperature: float = D["distill_temperature"],
-        distill_alpha: float = D["distill_alpha"],
-        calibration_batches: int = D["calibration_batches"],
-        bench_runs: int = D["bench_runs"],
-        bench_threads: int = D["bench_threads"],
-    ) -> dsl.HTML:
-        data = preprocess(dataset=dataset, label_column=label_column, val_fraction=val_fraction,
-                          test_fraction=test_fraction, split_seed=split_seed)
-        trained = train(splits=data.outputs["splits"], model=model, hidden_sizes=hidden_sizes, channels=channels,
-                        dropout=dropout, epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
-                        weight_decay=weight_decay, patience=patience, seed=seed, device=device,
-                        mixed_precision=mixed_precision, warm_start=warm_start)
-        scored = evaluate(splits=data.outputs["splits"], trained_model=trained.outputs["trained_model"], seed=seed)
-        compressed = compress(
-            splits=data.outputs["splits"], trained_model=trained.outputs["trained_model"],
-            compress_methods=compress_methods, max_accuracy_drop=max_accuracy_drop, objective=objective,
-            prune_fraction=prune_fraction, target_sparsity=target_sparsity, finetune_epochs=finetune_epochs,
-            student_hidden_sizes=student_hidden_sizes, distill_epochs=distill_epochs,
-            distill_temperature=distill_temperature, distill_alpha=distill_alpha,
-            calibration_batches=calibration_batches, bench_runs=bench_runs, bench_threads=bench_threads)
-        summary = report(splits=data.outputs["splits"], trained_model=trained.outputs["trained_model"],
-                         evaluation=scored.outputs["evaluation"],
-                         compressed_model=compressed.outputs["compressed_model"])
-        packaged = package(model=compressed.outputs["compressed_model"])
-        for task, name in ((data, "preprocess"), (trained, "train"), (scored, "evaluate"),
-                           (compressed, "compress"), (packaged, "package"), (summary, "report")):
-            task.set_display_name(name)
+    def body(p: Params):
+        data = preprocess(**section_args(p, "data"))
+        trained = train(splits=data.outputs["splits"], **section_args(p, "model", "train"))
+        data.set_display_name("preprocess")
+        trained.set_display_name("train")
+        placement.step(data)
         placement.training(trained)
-        for task in (data, scored, compressed, packaged, summary):
-            placement.step(task)  # latency is measured on CPU, where the model will be served
+        _, _, summary = evaluate_compress_report(placement, p, data.outputs["splits"],
+                                                 trained.outputs["trained_model"])
         return summary.outputs["run_report"]
 
-    return train_compress
+    return derived_pipeline(NAME, DESCRIPTION, SECTIONS, body)

@@ -13,18 +13,16 @@ from collections.abc import Callable
 
 from kfp import dsl, kubernetes
 
-from kubeforge.config import DistributedConfig, RunConfig
+from kubeforge.config import DistributedConfig
 from kubeforge.deploy.gitops import CREDENTIALS_SECRET, SECRET_KEY_TO_ENV
 from kubeforge_components.build_image import CONTEXT_MOUNT, NODE_NAME_ENV, build_image
-from kubeforge_components.compress import compress
-from kubeforge_components.evaluate import evaluate
-from kubeforge_components.package import package
 from kubeforge_components.preprocess import preprocess
 from kubeforge_components.promote import promote as promote_release
-from kubeforge_components.report import report
 from kubeforge_components.train import train
 from kubeforge_components.train_distributed import train_distributed
+from kubeforge_pipelines.params import Params, derived_pipeline, section_args
 from kubeforge_pipelines.scheduling import Placement
+from kubeforge_pipelines.train_compress import evaluate_compress_report
 
 NAME = "train-compress-cluster"
 DESCRIPTION = ("train-compress on a Kubeflow cluster: GPU training, compression behind the accuracy gate, "
@@ -35,110 +33,37 @@ FIXED = ("checkpoint_mount",)
 CHECKPOINT_MOUNT = DistributedConfig().checkpoint_mount
 CLUSTER_ONLY = ("kfp.local cannot pass a dsl.OneOf artifact out of the training branches; "
                 "run train-compress locally (the same steps)")
-D = RunConfig().to_flat(SECTIONS)
+TRAINING_TASKS = ("train",)
 
 
 def build(placement: Placement) -> Callable:
-    @dsl.pipeline(name=NAME, description=DESCRIPTION)
-    def train_compress_cluster(
-        dataset: str = D["dataset"],
-        label_column: str = D["label_column"],
-        val_fraction: float = D["val_fraction"],
-        test_fraction: float = D["test_fraction"],
-        split_seed: int = D["split_seed"],
-        model: str = D["model"],
-        hidden_sizes: list = D["hidden_sizes"],
-        channels: list = D["channels"],
-        dropout: float = D["dropout"],
-        epochs: int = D["epochs"],
-        learning_rate: float = D["learning_rate"],
-        batch_size: int = D["batch_size"],
-        weight_decay: float = D["weight_decay"],
-        patience: int = D["patience"],
-        seed: int = D["seed"],
-        device: str = D["device"],
-        mixed_precision: bool = D["mixed_precision"],
-        warm_start: str = D["warm_start"],
-        compress_methods: list = D["compress_methods"],
-        max_accuracy_drop: float = D["max_accuracy_drop"],
-        objective: str = D["objective"],
-        prune_fraction: float = D["prune_fraction"],
-        target_sparsity: float = D["target_sparsity"],
-        finetune_epochs: int = D["finetune_epochs"],
-        student_hidden_sizes: list = D["student_hidden_sizes"],
-        distill_epochs: int = D["distill_epochs"],
-        distill_temperature: float = D["distill_temperature"],
-        distill_alpha: float = D["distill_alpha"],
-        calibration_batches: int = D["calibration_batches"],
-        bench_runs: int = D["bench_runs"],
-        bench_threads: int = D["bench_threads"],
-        serving_image: str = D["serving_image"],
-        image_builder: str = D["image_builder"],
-        registry_secret: str = D["registry_secret"],
-        build_context_size: str = D["build_context_size"],
-        build_timeout_s: int = D["build_timeout_s"],
-        distributed_training: bool = D["distributed_training"],
-        promote: bool = D["promote"],
-        promote_tenant: str = D["promote_tenant"],
-        promote_env: str = D["promote_env"],
-        serving_app: str = D["serving_app"],
-        serving_profile: str = D["serving_profile"],
-        gitops_repo_url: str = D["gitops_repo_url"],
-        gitops_branch: str = D["gitops_branch"],
-        nodes: int = D["nodes"],
-        procs_per_node: int = D["procs_per_node"],
-        dist_backend: str = D["dist_backend"],
-        job_kind: str = D["job_kind"],
-        checkpoint_pvc: str = D["checkpoint_pvc"],
-        max_restarts: int = D["max_restarts"],
-        job_timeout_s: int = D["job_timeout_s"],
-    ) -> dsl.HTML:
-        data = preprocess(dataset=dataset, label_column=label_column, val_fraction=val_fraction,
-                          test_fraction=test_fraction, split_seed=split_seed)
-        training = dict(splits=data.outputs["splits"], model=model, hidden_sizes=hidden_sizes, channels=channels,
-                        dropout=dropout, epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
-                        weight_decay=weight_decay, patience=patience, seed=seed, device=device,
-                        mixed_precision=mixed_precision, warm_start=warm_start)
-        with dsl.If(distributed_training == True, name="distributed-training"):  # noqa: E712 (a KFP condition)
+    def body(p: Params):
+        data = preprocess(**section_args(p, "data"))
+        data.set_display_name("preprocess")
+        placement.step(data)
+        training = dict(splits=data.outputs["splits"], **section_args(p, "model", "train"))
+        with dsl.If(p["distributed_training"] == True, name="distributed-training"):  # noqa: E712 (a KFP condition)
             launched = train_distributed(
-                **training, nodes=nodes, procs_per_node=procs_per_node, dist_backend=dist_backend,
-                job_kind=job_kind, checkpoint_pvc=checkpoint_pvc, checkpoint_mount=CHECKPOINT_MOUNT,
-                max_restarts=max_restarts, job_timeout_s=job_timeout_s, training_profile=placement.heavy.name,
-                training_image=placement.image)
+                **training, **section_args(p, "distributed", exclude=FIXED), checkpoint_mount=CHECKPOINT_MOUNT,
+                training_profile=placement.heavy.name, training_image=placement.image)
             launched.set_display_name("train-distributed")
             launched.set_caching_options(placement.cache_training)
             placement.step(launched)  # it only launches and waits; the job's pods get the heavy profile
-            kubernetes.mount_pvc(launched, pvc_name=checkpoint_pvc, mount_path=CHECKPOINT_MOUNT)
+            kubernetes.mount_pvc(launched, pvc_name=p["checkpoint_pvc"], mount_path=CHECKPOINT_MOUNT)
         with dsl.Else(name="single-pod-training"):
             trained = train(**training)
             trained.set_display_name("train")
             placement.training(trained)
         model_artifact = dsl.OneOf(launched.outputs["trained_model"], trained.outputs["trained_model"])
-        scored = evaluate(splits=data.outputs["splits"], trained_model=model_artifact, seed=seed)
-        compressed = compress(
-            splits=data.outputs["splits"], trained_model=model_artifact,
-            compress_methods=compress_methods, max_accuracy_drop=max_accuracy_drop, objective=objective,
-            prune_fraction=prune_fraction, target_sparsity=target_sparsity, finetune_epochs=finetune_epochs,
-            student_hidden_sizes=student_hidden_sizes, distill_epochs=distill_epochs,
-            distill_temperature=distill_temperature, distill_alpha=distill_alpha,
-            calibration_batches=calibration_batches, bench_runs=bench_runs, bench_threads=bench_threads)
-        summary = report(splits=data.outputs["splits"], trained_model=model_artifact,
-                         evaluation=scored.outputs["evaluation"],
-                         compressed_model=compressed.outputs["compressed_model"])
-        packaged = package(model=compressed.outputs["compressed_model"])
-        for task, name in ((data, "preprocess"), (scored, "evaluate"), (compressed, "compress"),
-                           (packaged, "package"), (summary, "report")):
-            task.set_display_name(name)
-        for task in (data, scored, compressed, packaged, summary):
-            placement.step(task)  # latency is measured on CPU, where the model will be served
+        compressed, packaged, summary = evaluate_compress_report(placement, p, data.outputs["splits"], model_artifact)
 
-        with dsl.If(serving_image != "", name="serving-image-requested"):
+        with dsl.If(p["serving_image"] != "", name="serving-image-requested"):
             context = kubernetes.CreatePVC(pvc_name_suffix="-bento-context", access_modes=["ReadWriteOnce"],
-                                           size=build_context_size)
+                                           size=p["build_context_size"])
             context.set_display_name("create-build-context-volume")
-            built = build_image(build_context=packaged.outputs["build_context"], image=serving_image,
-                                builder=image_builder, registry_secret=registry_secret,
-                                context_pvc=context.outputs["name"], timeout_s=build_timeout_s)
+            built = build_image(build_context=packaged.outputs["build_context"], image=p["serving_image"],
+                                builder=p["image_builder"], registry_secret=p["registry_secret"],
+                                context_pvc=context.outputs["name"], timeout_s=p["build_timeout_s"])
             built.set_display_name("build-image")
             built.set_caching_options(False)  # a push is a side effect: always run it
             placement.step(built)
@@ -147,13 +72,13 @@ def build(placement: Placement) -> Callable:
             cleanup = kubernetes.DeletePVC(pvc_name=context.outputs["name"]).after(built)
             cleanup.set_display_name("delete-build-context-volume")
 
-            with dsl.If(promote == True, name="promotion-requested"):  # noqa: E712 (a KFP condition)
+            with dsl.If(p["promote"] == True, name="promotion-requested"):  # noqa: E712 (a KFP condition)
                 promoted = promote_release(
                     compressed_model=compressed.outputs["compressed_model"],
-                    compression_json=compressed.outputs["compression_json"], tenant=promote_tenant, env=promote_env,
-                    image=built.outputs["Output"], profile=serving_profile, repo_url=gitops_repo_url,
-                    branch=gitops_branch, run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, app=serving_app,
-                    pipeline_name=NAME)
+                    compression_json=compressed.outputs["compression_json"], tenant=p["promote_tenant"],
+                    env=p["promote_env"], image=built.outputs["Output"], profile=p["serving_profile"],
+                    repo_url=p["gitops_repo_url"], branch=p["gitops_branch"],
+                    run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, app=p["serving_app"], pipeline_name=NAME)
                 promoted.set_display_name("promote")
                 promoted.set_caching_options(False)  # a cached promotion would push nothing
                 placement.step(promoted)
@@ -161,4 +86,4 @@ def build(placement: Placement) -> Callable:
                                              secret_key_to_env=SECRET_KEY_TO_ENV)
         return summary.outputs["run_report"]
 
-    return train_compress_cluster
+    return derived_pipeline(NAME, DESCRIPTION, SECTIONS, body, fixed=FIXED)

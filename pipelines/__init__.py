@@ -4,7 +4,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from kubeforge.config import ConfigError, PlatformConfig, runtime_image
-from kubeforge_pipelines import train_compress, train_compress_cluster, train_evaluate
+from kubeforge_pipelines import (lm_finetune, lm_pretrain_finetune, train_compress, train_compress_cluster,
+                                 train_evaluate)
 from kubeforge_pipelines.scheduling import Placement
 
 
@@ -15,12 +16,15 @@ class PipelineEntry:
     description: str
     fixed: tuple[str, ...] = ()  # fields of those sections kept at their default: KFP needs them at compile time
     cluster_only: str = ""  # why kfp.local cannot run it ('' = it can)
+    kind: str = "classifier"  # or "language-model": what the run summary and `kubeforge runs` read
+    training_tasks: tuple[str, ...] = ("train",)  # tasks placed by the heavy (GPU) profile
 
 
 PIPELINES: dict[str, PipelineEntry] = {
     module.NAME: PipelineEntry(module.build, module.SECTIONS, module.DESCRIPTION, getattr(module, "FIXED", ()),
-                               getattr(module, "CLUSTER_ONLY", ""))
-    for module in (train_compress, train_compress_cluster, train_evaluate)
+                               getattr(module, "CLUSTER_ONLY", ""), getattr(module, "KIND", "classifier"),
+                               module.TRAINING_TASKS)
+    for module in (train_compress, train_compress_cluster, train_evaluate, lm_pretrain_finetune, lm_finetune)
 }
 DEFAULT_PIPELINE = train_compress.NAME
 

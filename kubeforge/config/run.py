@@ -87,6 +87,12 @@ class RunConfig(_Section):
             raise ConfigError(cls._describe(exc)) from None
 
     @classmethod
+    def from_component_args(cls, values: dict[str, Any], sections: Iterable[str]) -> RunConfig:
+        """A component's parameters (its ``locals()``): the config fields of ``sections``, artifacts ignored."""
+        fields = cls.flat_fields(sections)
+        return cls.from_flat({name: value for name, value in values.items() if name in fields}, sections)
+
+    @classmethod
     def _describe(cls, exc: ValidationError) -> str:
         """One clause per problem, naming the flat parameter (``finetune_steps``, not ``finetune.steps``)."""
         problems = []

@@ -18,8 +18,40 @@ KFP_VOLUME_STUBS = ("exec-createpvc", "exec-deletepvc")  # executed by the KFP d
 DIGEST_IMAGE = "registry.example.com/ml/kubeforge-runtime@sha256:" + "0123456789abcdef" * 4
 
 
-def test_the_cluster_pipeline_is_registered():
-    assert {"train-compress", "train-evaluate", "train-compress-cluster"} <= set(PIPELINES)
+def test_the_cluster_and_language_model_pipelines_are_registered():
+    assert {"train-compress", "train-evaluate", "train-compress-cluster", "lm-pretrain-finetune",
+            "lm-finetune"} <= set(PIPELINES)
+    assert {name for name, entry in PIPELINES.items() if entry.kind == "language-model"} == \
+        {"lm-pretrain-finetune", "lm-finetune"}
+
+
+@pytest.mark.parametrize("name", sorted(PIPELINES))
+def test_pipeline_parameters_carry_the_config_descriptions_for_the_ui(compile_with, name):
+    inputs = compile_with(name, "cpu").spec["root"]["inputDefinitions"]["parameters"]
+    fields = RunConfig.flat_fields(PIPELINES[name].sections)
+    for parameter, spec in inputs.items():
+        assert spec["description"] == fields[parameter].info.description, parameter
+
+
+COMPONENT_SECTIONS = {
+    "preprocess": ("data",), "train": ("model", "train"), "compress": ("compress",),
+    "lm_data": ("lm_data",), "lm_pretrain": ("lm_model", "lm_data", "pretrain", "lm_runtime"),
+    "lm_finetune": ("lm_model", "lm_data", "finetune", "lm_runtime", "lora"),
+    "lm_evaluate": ("lm_model", "lm_data", "lm_runtime")}
+
+
+@pytest.mark.parametrize("component", sorted(COMPONENT_SECTIONS))
+def test_components_take_whole_config_sections_with_the_fields_types(component):
+    """Pipelines pass a component its sections' channels by name, so its typed parameters must be exactly them."""
+    import importlib
+
+    from kubeforge_pipelines.params import kfp_type
+
+    function = getattr(importlib.import_module(f"kubeforge_components.{component}"), component).python_func
+    fields = RunConfig.flat_fields(COMPONENT_SECTIONS[component])
+    parameters = {name: p.annotation for name, p in inspect.signature(function).parameters.items()
+                  if p.annotation in (str, int, float, bool, list, dict) and p.default is inspect.Parameter.empty}
+    assert parameters == {name: kfp_type(field.info.annotation) for name, field in fields.items()}
 
 
 @pytest.mark.parametrize("name", sorted(PIPELINES))
@@ -41,14 +73,18 @@ def test_a_compile_time_setting_cannot_be_passed_as_a_run_parameter():
 @pytest.mark.parametrize("pipeline", sorted(PIPELINES))
 @pytest.mark.parametrize("profile_name", PROFILES)
 def test_train_task_carries_the_profile(compile_with, platform, profile_name, pipeline):
-    profile = platform.profile(profile_name)
-    ir = compile_with(pipeline, profile_name)
-    resources = ir.resources("train")
+    for task in PIPELINES[pipeline].training_tasks:
+        _assert_placed_on(compile_with(pipeline, profile_name), task, platform.profile(profile_name))
+
+
+def _assert_placed_on(ir, task, profile):
+    profile_name = profile.name
+    resources = ir.resources(task)
     assert resources["resourceCpuRequest"] == profile.cpu_request
     assert resources["resourceMemoryRequest"] == profile.memory_request
     assert resources.get("resourceCpuLimit") == profile.cpu_limit
     assert resources.get("resourceMemoryLimit") == profile.memory_limit
-    k8s = ir.k8s("train")
+    k8s = ir.k8s(task)
     assert k8s["podMetadata"]["labels"]["kubeforge.io/profile"] == profile_name
     if profile.uses_gpu:
         assert resources["accelerator"]["resourceType"] == profile.gpu_resource
@@ -63,7 +99,9 @@ def test_train_task_carries_the_profile(compile_with, platform, profile_name, pi
 @pytest.mark.parametrize("pipeline, light", [("train-compress", LIGHT_TASKS + ("compress", "package")),
                                              ("train-compress-cluster",
                                               LIGHT_TASKS + ("compress", "package", "build-image", "promote",
-                                                             "train-distributed"))])
+                                                             "train-distributed")),
+                                             ("lm-pretrain-finetune", ("lm-data", "lm-evaluate", "lm-report")),
+                                             ("lm-finetune", ("lm-data", "lm-evaluate", "lm-report"))])
 @pytest.mark.parametrize("profile_name", PROFILES)
 def test_every_other_step_stays_on_the_default_profile_with_requests(compile_with, platform, pipeline, light,
                                                                      profile_name):
@@ -80,9 +118,10 @@ def test_every_other_step_stays_on_the_default_profile_with_requests(compile_wit
 
 @pytest.mark.parametrize("pipeline", sorted(PIPELINES))
 def test_training_is_never_served_from_cache_unless_asked(compile_with, tmp_path, platform, pipeline):
-    assert compile_with(pipeline, "cpu").task("train")["cachingOptions"].get("enableCache", False) is False
     cached = CompiledPipeline(compile_pipeline(pipeline, tmp_path / "c.yaml", platform, cache_training=True))
-    assert cached.task("train")["cachingOptions"]["enableCache"] is True
+    for task in PIPELINES[pipeline].training_tasks:
+        assert compile_with(pipeline, "cpu").task(task)["cachingOptions"].get("enableCache", False) is False
+        assert cached.task(task)["cachingOptions"]["enableCache"] is True
 
 
 @pytest.mark.parametrize("pipeline", sorted(PIPELINES))
@@ -194,6 +233,30 @@ def test_cluster_pipeline_promotes_the_built_image_only_when_asked(compile_with,
     assert secret["secretName"] == "kubeforge-gitops-credentials"
     assert {e["envVar"] for e in secret["keyToEnv"]} == {"GITOPS_USERNAME", "GITOPS_TOKEN"}
     assert "accelerator" not in ir.resources("promote")
+
+
+@pytest.mark.parametrize("profile_name", ["cpu", "gpu-a100"])
+def test_lm_pipeline_wires_pretraining_into_finetuning_and_evaluation(compile_with, profile_name):
+    ir = compile_with("lm-pretrain-finetune", profile_name)
+    pretrained = {"outputArtifactKey": "pretrained_model", "producerTask": "lm-pretrain"}
+    for step in ("lm-finetune", "lm-evaluate", "lm-report"):
+        assert ir.task(step)["inputs"]["artifacts"]["pretrained_model"]["taskOutputArtifact"] == pretrained, step
+    assert ir.task("lm-evaluate")["inputs"]["artifacts"]["finetuned_model"]["taskOutputArtifact"] == \
+        {"outputArtifactKey": "finetuned_model", "producerTask": "lm-finetune"}
+    assert "pretrained_model" not in compile_with("lm-finetune", profile_name).task("lm-finetune")["inputs"].get(
+        "artifacts", {})
+
+
+def test_lm_parameters_validate_like_the_classifier_ones():
+    done = resolve_params("lm-finetune", {"base_model": "hf://org/model@main", "finetune_dataset": "data.jsonl",
+                                          "lora_rank": 16})
+    assert done["lora_rank"] == 16 and done["finetune_steps"] == RunConfig().finetune.steps
+    with pytest.raises(ConfigError, match="lora_rank: Input should be greater than or equal to 1"):
+        resolve_params("lm-finetune", {"lora_rank": 0})
+    with pytest.raises(ConfigError, match="unknown parameter 'pretrain_steps'"):
+        resolve_params("lm-finetune", {"pretrain_steps": 3})
+    with pytest.raises(ConfigError, match="unknown scratch preset 'huge'"):
+        resolve_params("lm-pretrain-finetune", {"base_model": "scratch:huge"})
 
 
 def test_promotion_without_its_settings_is_refused_before_anything_runs():

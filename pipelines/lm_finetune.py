@@ -1,0 +1,36 @@
+"""lm-finetune: data -> LoRA (or full) fine-tune of a given base model (hf://, s3://, pvc://, a path) -> evaluate
+(base vs fine-tuned) -> report. The fine-tuning step is placed by the GPU profile."""
+
+from collections.abc import Callable
+
+from kubeforge_components.lm_data import lm_data
+from kubeforge_components.lm_evaluate import lm_evaluate
+from kubeforge_components.lm_finetune import lm_finetune
+from kubeforge_components.lm_report import lm_report
+from kubeforge_pipelines.params import Params, derived_pipeline, section_args
+from kubeforge_pipelines.scheduling import Placement
+
+NAME = "lm-finetune"
+DESCRIPTION = "Fine-tune a given causal LM (LoRA by default) on a dataset and evaluate it against its base."
+SECTIONS = ("lm_data", "lm_model", "finetune", "lora", "lm_runtime")
+TRAINING_TASKS = ("lm-finetune",)
+KIND = "language-model"
+
+
+def build(placement: Placement) -> Callable:
+    def body(p: Params):
+        data = lm_data(**section_args(p, "lm_data"), need_corpus=False)
+        splits = data.outputs["lm_splits"]
+        tuned = lm_finetune(lm_splits=splits, **section_args(p, "lm_model", "lm_data", "finetune", "lm_runtime", "lora"))
+        scored = lm_evaluate(lm_splits=splits, finetuned_model=tuned.outputs["finetuned_model"],
+                             **section_args(p, "lm_model", "lm_data", "lm_runtime"))
+        summary = lm_report(lm_splits=splits, finetuned_model=tuned.outputs["finetuned_model"],
+                            lm_evaluation=scored.outputs["lm_evaluation"])
+        for task, name in ((data, "lm-data"), (tuned, "lm-finetune"), (scored, "lm-evaluate"), (summary, "report")):
+            task.set_display_name(name)
+        placement.training(tuned)
+        for task in (data, scored, summary):
+            placement.step(task)
+        return summary.outputs["run_report"]
+
+    return derived_pipeline(NAME, DESCRIPTION, SECTIONS, body)

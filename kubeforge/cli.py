@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kubeforge.config import ConfigError, PlatformConfig, RunConfig, load_platform, parse_param_assignments
+from kubeforge.cli_kserve import deploy_kserve
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Kubernetes-native MLOps: train, compress, package and deploy models through KFP pipelines.")
@@ -293,6 +294,7 @@ def serve(
 
 deploy_app = typer.Typer(no_args_is_help=True, help="Deployment helpers for the kubeforge-serving chart.")
 app.add_typer(deploy_app, name="deploy")
+deploy_app.command("kserve")(deploy_kserve)
 
 
 @deploy_app.command("values")

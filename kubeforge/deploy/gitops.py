@@ -5,6 +5,8 @@ One release is one directory, ``manifests/apps/<tenant>/<env>/<app>/``, that bot
 Argo CD renders the chart with ``values.yaml`` (a multi-source Application made by the tenant's ApplicationSet), Flux
 applies the directory's kustomization (a HelmRelease whose values come from a ConfigMap generated from
 ``values.yaml``). ``manifests/apps/<tenant>/<env>/kustomization.yaml`` lists the env's releases for Flux.
+A release can instead be a KServe InferenceService (``inferenceservice.yaml``, rendered from the same values), which
+the engines apply as a plain manifest.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from pathlib import Path
 import yaml
 
 from kubeforge.config import DNS_LABEL, ConfigError, PlatformConfig, ServeConfig
+from kubeforge.deploy.kserve import (KServeOptions, check_name, image_reference, inference_service_from_values,
+                                    to_yaml)
 from kubeforge.deploy.values import image_values, values_for_run
 
 APPS_DIR = Path("manifests") / "apps"
@@ -30,6 +34,9 @@ FLUX_SOURCE = "kubeforge-gitops"  # the GitRepository in each tenant namespace
 FLUX_ACCOUNT = "kubeforge-gitops"  # the ServiceAccount Flux impersonates for a tenant's objects
 FLUX_ENV_VARIABLE = "cluster_env"  # substituted by the cluster's Flux Kustomization (postBuild)
 RELEASE_HEADER = "# Written by `kubeforge promote`; change it by promoting again, not by hand.\n"
+KSERVE_MANIFEST = "inferenceservice.yaml"
+# every file either kind of release writes: switching kinds deletes the other kind's files in the same commit
+RELEASE_FILE_NAMES = ("values.yaml", "helmrelease.yaml", "kustomization.yaml", "kustomizeconfig.yaml", KSERVE_MANIFEST)
 
 # The cluster pipeline's promote step reads its credentials from these variables (a Kubernetes Secret mounted as
 # env): HTTPS basic auth, sent as a header through git's environment config, never in argv, the URL or on disk.
@@ -104,6 +111,15 @@ def release_files(tenant: str, env: str, app: str, values_text: str) -> dict[Pat
     return {directory / name: content for name, content in files.items()}
 
 
+def kserve_release_files(tenant: str, env: str, app: str, service: dict) -> dict[Path, str]:
+    """A release that is one InferenceService: the kustomization makes it a plain manifest for Flux."""
+    kustomization = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+                     "resources": [KSERVE_MANIFEST]}
+    files = {KSERVE_MANIFEST: RELEASE_HEADER + to_yaml(service),
+             "kustomization.yaml": RELEASE_HEADER + yaml.safe_dump(kustomization, sort_keys=False)}
+    return {release_dir(tenant, env, app) / name: content for name, content in files.items()}
+
+
 def _git(repo: Path, *args: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, env=env, timeout=300)
 
@@ -166,14 +182,21 @@ def commit_message(tenant: str, env: str, app: str, evidence: Evidence) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _check_names(tenant: str, env: str, app: str) -> None:
+def _check_names(tenant: str, env: str, app: str, kserve: KServeOptions | None = None) -> None:
     for label, value, limit in (("tenant", tenant, 63), ("env", env, 63), ("app", app, 53)):  # 53: Helm release
         if not DNS_LABEL.match(value) or len(value) > limit:
             raise PromotionError(f"{label} {value!r} is not a DNS-1123 label of at most {limit} characters")
+    if kserve is not None:
+        try:
+            check_name(app)  # the app names the InferenceService
+            kserve.check()
+        except ConfigError as exc:
+            raise PromotionError(f"app {app!r} as a KServe release: {exc}") from None
 
 
 def _commit_release(repo: Path, model_source: Path, evidence: Evidence, *, tenant: str, env: str, app: str,
-                    image: str, platform: PlatformConfig, profile: str | None) -> PromotionResult:
+                    image: str, platform: PlatformConfig, profile: str | None,
+                    kserve: KServeOptions | None = None) -> PromotionResult:
     """Check everything, then write the release directory and the env list and commit exactly those paths."""
     if _git(repo, "rev-parse", "--show-toplevel").returncode != 0:
         raise PromotionError(f"{repo} is not a git repository")
@@ -190,19 +213,31 @@ def _commit_release(repo: Path, model_source: Path, evidence: Evidence, *, tenan
     env_dir = APPS_DIR / tenant / env
     if _git(repo, "status", "--porcelain", "--", str(env_dir)).stdout.strip():
         raise PromotionError(f"{env_dir} has uncommitted changes; commit or discard them first")
-    values_text = f"# promoted by kubeforge from run {evidence.run_id}\n" + yaml.safe_dump(values, sort_keys=False)
-    planned = release_files(tenant, env, app, values_text)
+    if kserve is None:
+        values_text = f"# promoted by kubeforge from run {evidence.run_id}\n" + yaml.safe_dump(values, sort_keys=False)
+        planned = release_files(tenant, env, app, values_text)
+    else:
+        planned = kserve_release_files(tenant, env, app, inference_service_from_values(values, name=app,
+                                                                                      options=kserve))
+    stale = [path for path in (release_dir(tenant, env, app) / name for name in RELEASE_FILE_NAMES)
+             if path not in planned and (repo / path).exists()]
     env_list = env_dir / "kustomization.yaml"
     releases = set(yaml.safe_load((repo / env_list).read_text()).get("resources") or []) \
         if (repo / env_list).is_file() else set()
     planned[env_list] = env_kustomization(tenant, sorted(releases | {app}))
-    if all((repo / path).is_file() and (repo / path).read_text() == content for path, content in planned.items()):
+    if not stale and all((repo / path).is_file() and (repo / path).read_text() == content
+                         for path, content in planned.items()):
         raise PromotionError(f"{release_dir(tenant, env, app)} already holds exactly this release; nothing to commit")
     for relative, content in planned.items():
         (repo / relative).parent.mkdir(parents=True, exist_ok=True)
         (repo / relative).write_text(content)
+    for path in stale:
+        (repo / path).unlink()
     message = commit_message(tenant, env, app, evidence)
-    paths = [str(p) for p in planned]
+    if kserve is not None:
+        message += f"release: KServe InferenceService ({kserve.deployment_mode} mode, replicas " \
+                   f"{kserve.min_replicas}-{kserve.max_replicas})\n"
+    paths = [str(p) for p in [*planned, *stale]]
     _git(repo, "add", "--", *paths)
     committed = _git(repo, "commit", "--quiet", "-m", message, "--", *paths)
     if committed.returncode != 0:
@@ -213,12 +248,14 @@ def _commit_release(repo: Path, model_source: Path, evidence: Evidence, *, tenan
 
 
 def promote(run_dir: str | Path, *, tenant: str, env: str, repo: str | Path, image: str, platform: PlatformConfig,
-            profile: str | None = None, app: str = "classifier", push: bool = False) -> PromotionResult:
-    """Promote a local run into a checkout of the GitOps repository (``kubeforge promote``)."""
-    _check_names(tenant, env, app)
+            profile: str | None = None, app: str = "classifier", push: bool = False,
+            kserve: KServeOptions | None = None) -> PromotionResult:
+    """Promote a local run into a checkout of the GitOps repository (``kubeforge promote``); with ``kserve`` the
+    release is an InferenceService instead of the Helm release."""
+    _check_names(tenant, env, app, kserve)
     evidence = evidence_from_run(run_dir)
     result = _commit_release(Path(repo), Path(run_dir), evidence, tenant=tenant, env=env, app=app, image=image,
-                             platform=platform, profile=profile)
+                             platform=platform, profile=profile, kserve=kserve)
     if push:
         pushing = _git(Path(repo), "push")
         if pushing.returncode != 0:
@@ -247,7 +284,8 @@ def _redact(text: str, environ: Mapping[str, str]) -> str:
 def promote_to_remote(model_dir: str | Path, report_file: str | Path, *, repo_url: str, branch: str, tenant: str,
                       env: str, image: str, platform: PlatformConfig, profile: str | None, run_id: str,
                       pipeline: str = "train-compress", app: str = "classifier",
-                      environ: Mapping[str, str] | None = None, attempts: int = 3) -> PromotionResult:
+                      environ: Mapping[str, str] | None = None, attempts: int = 3,
+                      kserve: KServeOptions | None = None) -> PromotionResult:
     """Clone the GitOps repository, commit the release with its evidence and push it (the pipeline's promote step).
 
     Every check that needs no clone runs first. A push that lost a race with another commit is rebased and retried:
@@ -255,8 +293,11 @@ def promote_to_remote(model_dir: str | Path, report_file: str | Path, *, repo_ur
     very same release, and that is refused.
     """
     environ = os.environ if environ is None else environ
-    _check_names(tenant, env, app)
-    image_values(image)
+    _check_names(tenant, env, app, kserve)
+    if kserve is None:
+        image_values(image)
+    else:
+        image_reference(image_values(image))  # KServe has no chart default tag: the image must be pinned
     if not Path(model_dir).is_dir():
         raise PromotionError(f"model directory {model_dir} does not exist")
     profile_name = platform.profile(profile or platform.default_profile).name
@@ -275,7 +316,7 @@ def promote_to_remote(model_dir: str | Path, report_file: str | Path, *, repo_ur
         for key, value in zip(("user.name", "user.email"), author):
             _git(checkout, "config", key, value)
         result = _commit_release(checkout, Path(model_dir), evidence, tenant=tenant, env=env, app=app, image=image,
-                                 platform=platform, profile=profile_name)
+                                 platform=platform, profile=profile_name, kserve=kserve)
         for attempt in range(attempts):
             pushing = _git(checkout, "push", "--quiet", "origin", f"HEAD:refs/heads/{branch}", env=git_env)
             if pushing.returncode == 0:

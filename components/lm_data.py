@@ -22,11 +22,11 @@ def lm_data(
     """Writes corpus/{train,heldout}.jsonl, finetune/{train,heldout}.jsonl and stats.json into one Dataset."""
     from kubeforge.artifacts import label
     from kubeforge.config import RunConfig
-    from kubeforge.lm.steps import lm_data_step
+    from kubeforge.lm.steps import data_metrics, lm_data_step
 
     config = RunConfig.from_component_args(locals(), ["lm_data"]).lm_data
     stats = lm_data_step(config, lm_splits.path, need_corpus=need_corpus)
     label(lm_splits, "Corpus and fine-tuning splits")
-    for name, value in stats.get("metrics", {}).items():
+    for name, value in data_metrics(stats).items():
         lm_data_stats.log_metric(name, value)
     label(lm_data_stats, "Data statistics")

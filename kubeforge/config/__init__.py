@@ -9,8 +9,8 @@ and its flat parameters), ``platform`` (scheduling profiles, the platform file, 
 
 from kubeforge.config.base import (DNS_LABEL, DNS_LABEL_PATTERN, IMAGE_REFERENCE, ConfigError, _Section,
                                    describe_validation_error)
-from kubeforge.config.language import (FINETUNE_DEFAULTS, MODEL_SOURCE_HELP, PRETRAIN_DEFAULTS, SCRATCH_PRESETS,
-                                       LMDataConfig, LMModelConfig, LMRuntimeConfig, LMTrainConfig, LoRAConfig)
+from kubeforge.config.language import (FINETUNE_DEFAULTS, LM_COMPRESSION_METHODS, MODEL_SOURCE_HELP, PRETRAIN_DEFAULTS,
+                                       SCRATCH_PRESETS, LMCompressConfig, LMDataConfig, LMModelConfig, LMRuntimeConfig, LMTrainConfig, LoRAConfig)
 from kubeforge.config.platform import (IMAGE_ENV, PLATFORM_FILE_ENV, PlatformConfig, SchedulingProfile, SubmitConfig,
                                        Toleration, load_platform, runtime_image)
 from kubeforge.config.run import FlatField, RunConfig, parse_param_assignments

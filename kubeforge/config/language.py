@@ -112,3 +112,44 @@ class LoRAConfig(_Section):
         if not value or any(not name.strip() for name in value):
             raise ValueError("must be a non-empty list of module names, e.g. [q_proj, v_proj]")
         return [name.strip() for name in value]
+
+
+LM_COMPRESSION_METHODS = ("int8-weight", "int4-weight", "onnx", "onnx-int8", "distill", "prune-layers")
+
+
+class LMCompressConfig(_Section):
+    """Compressed candidates of a causal LM and the gate on held-out perplexity and greedy agreement."""
+
+    lm_compress_methods: list[str] = Field(
+        default_factory=lambda: ["int8-weight", "onnx-int8", "prune-layers"],
+        description="candidates; '+' chains methods, e.g. 'prune-layers+onnx-int8'; known: "
+                    + ", ".join(LM_COMPRESSION_METHODS))
+    max_perplexity_increase: float = Field(5.0, ge=0.0, le=1000.0,
+                                           description="largest allowed held-out perplexity increase, percent")
+    min_greedy_agreement: float = Field(0.8, ge=0.0, le=1.0, description="smallest share of the first 32 greedy "
+                                        "tokens on held-out prompts that must match the uncompressed model")
+    lm_objective: Literal["size", "latency", "throughput"] = Field(
+        "latency", description="what the best passing candidate optimises: size on disk, decode latency at batch 1, "
+                               "or tokens/s at batch 8")
+    student_layers: int = Field(0, ge=0, le=1024, description="distilled student's decoder layers (0 = half)")
+    student_hidden_size: int = Field(0, ge=0, le=65_536, description="student's hidden size (0 = the teacher's)")
+    lm_distill_steps: int = Field(120, ge=1, le=1_000_000, description="distillation optimiser steps")
+    lm_distill_temperature: float = Field(2.0, gt=0.0, le=100.0, description="softmax temperature of the KL term")
+    lm_distill_alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of the data loss (1 - alpha: KL)")
+    prune_layer_fraction: float = Field(0.25, gt=0.0, lt=1.0, description="share of decoder layers removed")
+    heal_steps: int = Field(40, ge=0, le=1_000_000, description="fine-tuning steps after layer pruning")
+    int4_group_size: int = Field(32, ge=8, le=4096, description="int4 weight-only group size (divides the widths)")
+    lm_bench_rounds: int = Field(5, ge=1, le=1000, description="repeated timing rounds per measurement")
+    lm_bench_threads: int = Field(1, ge=1, le=256, description="intra-op threads while measuring speed")
+
+    @field_validator("lm_compress_methods")
+    @classmethod
+    def _known_methods(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one compression method is required")
+        for candidate in value:
+            for method in candidate.split("+"):
+                if method not in LM_COMPRESSION_METHODS:
+                    raise ValueError(f"unknown LM compression method {method!r} in {candidate!r}; "
+                                     f"known: {', '.join(LM_COMPRESSION_METHODS)}")
+        return value

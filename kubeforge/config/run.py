@@ -14,8 +14,8 @@ import yaml
 from pydantic import Field, ValidationError
 
 from kubeforge.config.base import ConfigError, _Section
-from kubeforge.config.language import (FINETUNE_DEFAULTS, PRETRAIN_DEFAULTS, LMDataConfig, LMModelConfig,
-                                       LMRuntimeConfig, LMTrainConfig, LoRAConfig)
+from kubeforge.config.language import (FINETUNE_DEFAULTS, PRETRAIN_DEFAULTS, LMCompressConfig, LMDataConfig,
+                                       LMModelConfig, LMRuntimeConfig, LMTrainConfig, LoRAConfig)
 from kubeforge.config.sections import (ClusterConfig, CompressConfig, DataConfig, DistributedConfig, ModelConfig,
                                        TrainConfig)
 
@@ -41,6 +41,7 @@ class RunConfig(_Section):
     pretrain: LMTrainConfig = Field(default_factory=lambda: PRETRAIN_DEFAULTS)
     finetune: LMTrainConfig = Field(default_factory=lambda: FINETUNE_DEFAULTS)
     lora: LoRAConfig = Field(default_factory=LoRAConfig)
+    lm_compress: LMCompressConfig = Field(default_factory=LMCompressConfig)
 
     PREFIXES: ClassVar[dict[str, str]] = {"pretrain": "pretrain_", "finetune": "finetune_"}
 

@@ -9,14 +9,13 @@ from kubeforge.report import Section, figure_to_img, plt, table_html
 
 
 def data_section(stats: dict[str, Any]) -> Section:
-    rows = []
-    for part in ("corpus", "finetune"):
-        for split, figures in stats.get(part, {}).get("splits", {}).items():
-            rows.append((part, split, figures.get("items", ""), figures.get("characters", "")))
+    rows = [(part, split, figures.get("documents", figures.get("examples", "")), figures["characters"])
+            for part in ("corpus", "finetune") if part in stats
+            for split, figures in ((split, stats[part][split]) for split in ("train", "heldout"))]
     sources = ", ".join(f"{part}: <code>{html.escape(str(stats[part]['source']))}</code>"
                         for part in ("corpus", "finetune") if part in stats)
     body = f"<p>Sources — {sources}. Held-out splits are disjoint by document.</p>"
-    return Section("Data", body + table_html(["set", "split", "documents", "characters"], rows))
+    return Section("Data", body + table_html(["set", "split", "documents / examples", "characters"], rows))
 
 
 def training_section(pretrained: dict[str, Any] | None, finetuned: dict[str, Any]) -> Section:

@@ -27,6 +27,12 @@ def lm_data_step(config: LMDataConfig, data_dir: str | Path, *, need_corpus: boo
     return prepare_lm_data(config, Path(data_dir), need_corpus=need_corpus)
 
 
+def data_metrics(stats: dict[str, Any]) -> dict[str, int]:
+    """Counts for the KFP UI: documents/examples and characters of each split."""
+    return {f"{part}_{split}_{key}": value for part in ("corpus", "finetune") if part in stats
+            for split in ("train", "heldout") for key, value in stats[part][split].items() if isinstance(value, int)}
+
+
 def _device(runtime: LMRuntimeConfig):
     from kubeforge.training import select_device
 
@@ -156,7 +162,7 @@ def evaluate_lm_step(data_dir: str | Path, finetuned_dir: str | Path, evaluation
     heldout = encode_examples(examples, tokenizer, data.max_length)
     corpus_file = data_dir / CORPUS / "heldout.jsonl"
     corpus = pack_documents(read_documents(corpus_file), tokenizer, data.max_length) if corpus_file.exists() else None
-    prompts = prompts_for_evaluation(examples, data.eval_prompts)
+    prompts = prompts_for_evaluation(examples, data.eval_prompts, tokenizer)
     result: dict[str, Any] = {"max_new_tokens": data.max_new_tokens, "heldout_examples": len(examples)}
     completions: dict[str, list[str]] = {}
     for name, model in (("base", base), ("finetuned", tuned)):

@@ -35,6 +35,15 @@ def forward_logits(model: Any, input_ids: torch.Tensor, attention_mask: torch.Te
     return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
 
+def trim_padding(attention_mask: torch.Tensor, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Drop the trailing columns no row attends to. Fine-tuning sets are padded to their longest example, so a
+    batch of short ones would otherwise pay for the longest's columns; for a causal model the dropped columns
+    change nothing in the kept ones."""
+    used = attention_mask.any(dim=0).nonzero()
+    width = int(used.max()) + 1 if len(used) else attention_mask.shape[1]
+    return tuple(t[:, :width] for t in (attention_mask, *tensors))
+
+
 def perplexity(loss: float) -> float:
     return math.exp(loss) if loss < 700 else float("inf")
 
@@ -56,9 +65,8 @@ def evaluate_causal_lm(model: Any, batches: Any, *, batch_size: int = 16) -> dic
     try:
         with torch.inference_mode():
             for start in range(0, len(batches.input_ids), batch_size):
-                ids = batches.input_ids[start:start + batch_size].to(device)
-                mask = batches.attention_mask[start:start + batch_size].to(device)
-                labels = batches.labels[start:start + batch_size].to(device)
+                mask, ids, labels = trim_padding(*(t[start:start + batch_size].to(device) for t in (
+                    batches.attention_mask, batches.input_ids, batches.labels)))
                 sums += next_token_sums(forward_logits(model, ids, mask), labels).double().cpu()
                 processed += int(mask.sum())
     finally:

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from kubeforge.checkpoint import CheckpointError
 from kubeforge.config import ConfigError, LMRuntimeConfig, LMTrainConfig
-from kubeforge.lm.evaluation import forward_logits, next_token_sums, perplexity
+from kubeforge.lm.evaluation import forward_logits, next_token_sums, perplexity, trim_padding
 from kubeforge.lm.lm_checkpoint import (LMCheckpoint, capture_rng, has_lm_checkpoint, load_lm_checkpoint,
                                         restore_rng, save_lm_checkpoint)
 from kubeforge.models import ModelError
@@ -190,8 +190,9 @@ def _validate(model: torch.nn.Module, val: Any, autocast: bool, rank: int, world
             batch = rows[start:start + VAL_BATCH]
             labels = val.labels[batch].clone()
             labels[start + torch.arange(len(batch)) >= len(share)] = -100
+            mask, ids, labels = trim_padding(val.attention_mask[batch], val.input_ids[batch], labels)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
-                logits = forward_logits(model, val.input_ids[batch].to(device), val.attention_mask[batch].to(device))
+                logits = forward_logits(model, ids.to(device), mask.to(device))
             sums += next_token_sums(logits, labels.to(device))
     if world > 1:
         dist.all_reduce(sums)
@@ -305,9 +306,10 @@ def train_causal_lm(model: torch.nn.Module, train: Any, val: Any, config: LMTrai
             share = rows[micro * config.batch_size:(micro + 1) * config.batch_size][rank::world]
             last = micro == config.grad_accum - 1
             with network.no_sync() if world > 1 and not sharded and not last else contextlib.nullcontext():
+                micro_mask, micro_ids, micro_labels = trim_padding(mask[share], ids[share], labels[share])
                 with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
-                    logits = forward_logits(network, ids[share], mask[share])
-                summed = next_token_sums(logits, labels[share])[0]
+                    logits = forward_logits(network, micro_ids, micro_mask)
+                summed = next_token_sums(logits, micro_labels)[0]
                 # DDP and FSDP average gradients over ranks; scaling by world makes it the sum over the step's tokens
                 (summed * (world / step_tokens)).backward()
             loss_sum += summed.detach()

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from kubeforge.config import ConfigError, PlatformConfig, RunConfig, load_platform, parse_param_assignments
 from kubeforge.cli_kserve import deploy_kserve
+from kubeforge.cli_runs import app as runs_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Kubernetes-native MLOps: train, compress, package and deploy models through KFP pipelines.")
@@ -45,28 +46,40 @@ def _default_pipeline(name: str | None) -> str:
     return name or DEFAULT_PIPELINE
 
 
-def print_summary(summary: dict) -> None:
+def print_summary(summary: dict, out: Console | None = None) -> None:
+    """The run's table: classifier runs get their usual rows; other runs (language models) every row they carry."""
+    from kubeforge.runs import format_value
+
     table = Table(title=summary["pipeline"], show_header=True)
     table.add_column("what")
     table.add_column("value", justify="right")
     for name, value in summary["test"].items():
-        table.add_row(f"test {name}", f"{value:.4f}")
+        table.add_row(f"test {name}", format_value(value))
     training = summary["training"]
-    table.add_row("best epoch / epochs run", f"{training['best_epoch']} / {training['epochs_run']}")
-    table.add_row("parameters", f"{training['parameters']:,}")
-    table.add_row("device", training["device"])
-    table.add_row("training samples/s", f"{training['samples_per_second']:,.0f}")
+    if "best_epoch" in training:
+        table.add_row("best epoch / epochs run", f"{training['best_epoch']} / {training['epochs_run']}")
+        table.add_row("parameters", f"{training['parameters']:,}")
+        table.add_row("device", training["device"])
+        table.add_row("training samples/s", f"{training['samples_per_second']:,.0f}")
+    else:
+        for name, value in training.items():
+            table.add_row(name.replace("_", " "), format_value(value))
     compression = summary.get("compression")
-    if compression:
+    if compression and "accuracy_drop" in compression:
         table.add_row("compressed with", f"{compression['chosen']} ({compression['kind']}, {compression['precision']})")
         table.add_row("compressed accuracy (drop)",
                       f"{compression['accuracy']:.4f} ({compression['accuracy_drop']:+.2f} pt)")
         table.add_row("size reduction", f"{compression['size_ratio']:.1f}×")
         table.add_row("latency p50 / p99 (batch 1)",
                       f"{compression['p50_ms_b1']:.3f} / {compression['p99_ms_b1']:.3f} ms")
+    elif compression:
+        for name, value in compression.items():
+            table.add_row(f"compression {name.replace('_', ' ')}", format_value(value))
     table.add_row("profile", summary["profile"])
     table.add_row("wall time", f"{summary['wall_seconds']:.1f} s")
-    console.print(table)
+    (out or console).print(table)
+    (out or console).print(f"note: the {summary['profile']} profile's resources, GPUs and node placement apply on a "
+                           "Kubeflow cluster; kfp.local ran every step on this machine", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -76,10 +89,19 @@ def run(
     profile: ProfileOption = None,
     runs_dir: Annotated[Path, typer.Option("--runs-dir", help="where run directories are created")] = Path("runs"),
     cache: Annotated[bool, typer.Option("--cache/--no-cache", help="reuse cached step outputs")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="stream every step's output (it always goes to "
+                                                                  "RUNS_DIR/<run>/<step>/log.txt)")] = False,
     platform_config: PlatformOption = None,
 ) -> None:
-    """Run a pipeline locally through kfp.local into RUNS_DIR/<pipeline>-<timestamp>/ and write report.html."""
+    """Run a pipeline locally through kfp.local into RUNS_DIR/<pipeline>-<timestamp>/ and write report.html.
+
+    Bad settings or data exit 2 with the cause as the last line, a failure inside a step exits 1."""
+    import sys
+
+    from rich.markup import escape
+
     from kubeforge import orchestration
+    from kubeforge.live import make_view
 
     platform = platform_or_fail(platform_config)
     try:
@@ -91,15 +113,28 @@ def run(
         build_pipeline(name, platform, profile)
     except ConfigError as exc:
         fail(str(exc))
+    view = make_view(Console(file=sys.stdout), verbose=verbose)  # bound now: the run reroutes sys.stdout
     try:
         outcome = orchestration.run_local(name, overrides, platform, profile=profile, runs_dir=runs_dir,
-                                          enable_caching=cache)
-    except ConfigError as exc:
-        fail(str(exc))
+                                          enable_caching=cache, listener=view)
     except orchestration.PipelineRunError as exc:
-        fail(str(exc), code=1)
+        if exc.step:
+            errors.print(f"step {exc.step} failed; its log: {exc.log or 'not written'}", highlight=False,
+                         markup=False, soft_wrap=True)
+        if exc.details:
+            errors.print(exc.details, highlight=False, markup=False, soft_wrap=True)
+        fail(escape(str(exc)), code=USAGE_ERROR if exc.user_error else 1)
+    except ConfigError as exc:
+        fail(escape(str(exc)))
+    except ValueError as exc:  # the preflight check's DataError (kubeforge.data is imported only when needed)
+        from kubeforge.data import DataError
+
+        if not isinstance(exc, DataError):
+            raise
+        fail(escape(str(exc)))
     print_summary(outcome.summary)
-    console.print(f"run directory: {outcome.run_dir}\nreport: {outcome.report}")
+    console.print(f"run directory: {outcome.run_dir}\nstep logs: {outcome.run_dir}/<step>/log.txt\n"
+                  f"report: {outcome.report}", highlight=False, soft_wrap=True)
 
 
 @app.command("compile")
@@ -425,6 +460,9 @@ def promote(
         fail(str(exc))
     console.print(f"committed {result.commit[:12]} {result.path}" + (" and pushed" if result.pushed else ""))
     console.print(result.message, highlight=False)
+
+
+app.add_typer(runs_app, name="runs")
 
 
 def main() -> None:

@@ -446,16 +446,33 @@ def promote(
         "classifier"),
     profile: ProfileOption = None,
     push: Annotated[bool, typer.Option(help="git push after committing")] = False,
+    kserve: Annotated[bool, typer.Option(
+        "--kserve", help="release a KServe InferenceService (inferenceservice.yaml) instead of the Helm chart; "
+                         "the image needs a tag or digest")] = False,
+    min_replicas: Annotated[int | None, typer.Option(
+        help="with --kserve: fewest predictor pods (0 only in Knative mode) [default: 1]")] = None,
+    max_replicas: Annotated[int | None, typer.Option(
+        help="with --kserve: most predictor pods, KServe scales between the two [default: 1]")] = None,
+    deployment_mode: Annotated[str | None, typer.Option(
+        help="with --kserve: Standard (a Deployment and an HPA) or Knative (scales to zero) [default: Standard]")] = (
+        None),
     platform_config: PlatformOption = None,
 ) -> None:
-    """Write the serving values for TENANT/ENV and commit them with the run's evidence in the message."""
+    """Write the serving values for TENANT/ENV (or, with --kserve, its InferenceService) and commit them with the
+    run's evidence in the message."""
     from kubeforge.deploy.gitops import promote as promote_run
+    from kubeforge.deploy.kserve import KServeOptions
     from kubeforge.models import ModelError
 
+    kserve_settings = {"min_replicas": min_replicas, "max_replicas": max_replicas, "deployment_mode": deployment_mode}
+    given = {name: value for name, value in kserve_settings.items() if value is not None}
+    if given and not kserve:
+        fail(", ".join(f"--{name.replace('_', '-')}" for name in given) + " only apply with --kserve")
+    options = KServeOptions(**given) if kserve else None  # KServeOptions.check() refuses bad bounds and modes
     platform = platform_or_fail(platform_config)
     try:
         result = promote_run(run_dir, tenant=tenant, env=env, repo=repo, image=image, platform=platform,
-                             profile=profile, app=app_name, push=push)
+                             profile=profile, app=app_name, push=push, kserve=options)
     except (ConfigError, ModelError) as exc:
         fail(str(exc))
     console.print(f"committed {result.commit[:12]} {result.path}" + (" and pushed" if result.pushed else ""))

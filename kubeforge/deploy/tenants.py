@@ -19,7 +19,7 @@ import yaml
 
 from kubeforge.config import DNS_LABEL, ConfigError
 from kubeforge.deploy.gitops import (APPS_DIR, CHART_PATH, FLUX_ACCOUNT, FLUX_ENV_VARIABLE, FLUX_SOURCE,
-                                     env_kustomization, environments)
+                                     KSERVE_MANIFEST, env_kustomization, environments)
 
 RESERVED = {"default", "kube-system", "kube-public", "kube-node-lease", "kubeflow", "argocd", "base", "monitoring",
             "ingress-nginx"}
@@ -136,12 +136,48 @@ def _repo_url(root: Path) -> str:
     return DEFAULT_REPO_URL
 
 
+HELM_RELEASE_FILE = "values.yaml"  # what marks a Helm release directory (a KServe one has KSERVE_MANIFEST)
+RELEASE_KIND_LABEL = "kubeforge.io/release-kind"  # helm | kserve, on each generated Application
+# Argo CD renders this Go template with each release's parameters and merges it into the Application: a KServe
+# release replaces the chart sources by its own directory (whose kustomization lists the InferenceService). The
+# label line keeps the patch from ever being empty.
+_TEMPLATE_PATCH = """\
+metadata:
+  labels:
+    LABEL: '{{ if IS_KSERVE }}kserve{{ else }}helm{{ end }}'
+{{- if IS_KSERVE }}
+spec:
+  sources:
+  - repoURL: REPO_URL
+    targetRevision: main
+    path: '{{ .path.path }}'
+{{- end }}
+"""
+
+
+class _BlockDumper(yaml.SafeDumper):
+    """Multi-line strings (the template patch) as literal blocks, readable in review."""
+
+
+_BlockDumper.add_representer(str, lambda dumper, text: dumper.represent_scalar(
+    "tag:yaml.org,2002:str", text, style="|" if "\n" in text else None))
+
+
+def _template_patch(repo_url: str) -> str:
+    return (_TEMPLATE_PATCH.replace("LABEL", RELEASE_KIND_LABEL)
+            .replace("IS_KSERVE", f"eq .path.filename {json.dumps(KSERVE_MANIFEST)}")
+            .replace("REPO_URL", json.dumps(repo_url)))
+
+
 def _argocd(info: TenantInfo, repo_url: str) -> str:
     """The tenant's project (its namespace only) and an app set making one Application per release directory.
 
-    Each Application has two sources: the chart from the GitOps repository and, as ``$values``, the release's
-    promoted values. The env comes from a list generator that each cluster entry point patches (label
-    ``kubeforge.io/component: tenant-apps``), so one file serves every cluster.
+    One git files generator finds both kinds of release: a Helm release (``values.yaml``) gets two sources, the
+    chart from the GitOps repository and, as ``$values``, the release's promoted values; a KServe release
+    (``inferenceservice.yaml``) gets the directory as its only source (``templatePatch``). The name stays
+    ``<tenant>-<app>`` either way, so promoting a release to the other kind changes the same Application and its
+    automated prune removes the old kind's objects. The env comes from a list generator that each cluster entry
+    point patches (label ``kubeforge.io/component: tenant-apps``), so one file serves every cluster.
     """
     project = {"apiVersion": "argoproj.io/v1alpha1", "kind": "AppProject",
                "metadata": {"name": info.name, "namespace": "argocd"},
@@ -160,6 +196,7 @@ def _argocd(info: TenantInfo, repo_url: str) -> str:
                     "helm": {"releaseName": "{{.path.basename}}",
                              "valueFiles": ["$values/{{.path.path}}/values.yaml"]}}
     values_source = {"repoURL": repo_url, "targetRevision": "main", "ref": "values"}
+    releases = f"manifests/apps/{info.name}/{{{{.env}}}}/*"
     apps = {"apiVersion": "argoproj.io/v1alpha1", "kind": "ApplicationSet",
             "metadata": {"name": f"apps-{info.name}", "namespace": "argocd",
                          "labels": {"kubeforge.io/component": "tenant-apps"}},
@@ -167,19 +204,22 @@ def _argocd(info: TenantInfo, repo_url: str) -> str:
                      "generators": [{"matrix": {"generators": [
                          {"list": {"elements": [{"env": "dev"}]}},
                          {"git": {"repoURL": repo_url, "revision": "main",
-                                  "directories": [{"path": f"manifests/apps/{info.name}/{{{{.env}}}}/*"}]}}]}}],
+                                  "files": [{"path": f"{releases}/{name}"}
+                                            for name in (HELM_RELEASE_FILE, KSERVE_MANIFEST)]}}]}}],
                      "template": {"metadata": {"name": f"{info.name}-{{{{.path.basename}}}}",
                                                "labels": {"kubeforge.io/tenant": info.name}},
                                   "spec": {"project": info.name,  # fixed: a path can never pick another project
                                            "sources": [chart_source, values_source],
                                            "destination": {"server": "https://kubernetes.default.svc",
                                                            "namespace": info.name},
-                                           "syncPolicy": {"automated": {"prune": True, "selfHeal": True}}}}}}
-    return HEADER + yaml.safe_dump_all([project, apps], sort_keys=False, width=1000)
+                                           "syncPolicy": {"automated": {"prune": True, "selfHeal": True}}}},
+                     "templatePatch": _template_patch(repo_url)}}
+    return HEADER + yaml.dump_all([project, apps], Dumper=_BlockDumper, sort_keys=False, width=1000)
 
 
-# What helm-controller may do in the tenant namespace when it installs the serving chart as the tenant: the chart's
-# objects, Helm's release secrets, the Flux objects of the tenant's apps; never quotas, limits or RBAC.
+# What Flux may do in the tenant namespace acting as the tenant: the serving chart's objects and Helm's release
+# secrets (helm-controller), the Flux objects and InferenceServices of the tenant's apps (kustomize-controller);
+# never quotas, limits or RBAC.
 _FLUX_RULES = [
     {"apiGroups": [""], "resources": ["configmaps", "secrets", "services", "serviceaccounts", "pods"],
      "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
@@ -193,6 +233,10 @@ _FLUX_RULES = [
      "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
     {"apiGroups": ["helm.toolkit.fluxcd.io"], "resources": ["helmreleases"],
      "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
+    # a KServe release: kustomize-controller server-side applies (patch; create when new), reads it for drift and
+    # health, and prunes it (delete); it never sends a plain update
+    {"apiGroups": ["serving.kserve.io"], "resources": ["inferenceservices"],
+     "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
 ]
 
 

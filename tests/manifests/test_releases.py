@@ -1,5 +1,6 @@
 """Every release committed under manifests/apps renders for both engines: Argo CD (the Application its app set
-generates, and the chart rendered with its values) and Flux (validated with the kustomize builds)."""
+generates, and the chart rendered with a Helm release's values) and Flux (validated with the kustomize builds, KServe
+releases included)."""
 
 import subprocess
 from pathlib import Path
@@ -7,20 +8,31 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kubeforge.deploy.gitops import environments
+from kubeforge.deploy.gitops import KSERVE_MANIFEST, environments
 from kubeforge.deploy.schemas import ARGOCD_CRDS, HTTPROUTE_CRD, SERVICE_MONITOR_CRD, validate_objects
-from tests.kubeforge.deploy.conftest import argo_applications
+from tests.manifests.argocd import argo_applications
 
 ROOT = Path(__file__).resolve().parents[2]
-RELEASES = sorted(p.parent for p in (ROOT / "manifests" / "apps").glob("*/*/*/values.yaml"))
+APPS = ROOT / "manifests" / "apps"
+HELM_RELEASES = sorted(p.parent for p in APPS.glob("*/*/*/values.yaml"))
+KSERVE_RELEASES = sorted(p.parent for p in APPS.glob(f"*/*/*/{KSERVE_MANIFEST}"))
+RELEASES = sorted(HELM_RELEASES + KSERVE_RELEASES)
 TENANTS = sorted(p.name for p in (ROOT / "manifests" / "tenants").iterdir() if p.is_dir() and p.name != "base")
 
 
+def release_id(path: Path) -> str:
+    return str(path.relative_to(APPS))
+
+
 def test_the_repository_holds_at_least_one_release():
-    assert RELEASES
+    assert HELM_RELEASES
 
 
-@pytest.mark.parametrize("release", RELEASES, ids=[str(p.relative_to(ROOT / "manifests" / "apps")) for p in RELEASES])
+def test_no_release_directory_is_both_kinds():
+    assert not set(HELM_RELEASES) & set(KSERVE_RELEASES)
+
+
+@pytest.mark.parametrize("release", HELM_RELEASES, ids=[release_id(p) for p in HELM_RELEASES])
 def test_release_values_render_with_the_chart(helm, release):
     tenant = release.parents[1].name
     done = subprocess.run([helm, "template", release.name, str(ROOT / "charts" / "kubeforge-serving"),

@@ -82,8 +82,34 @@ def test_app_set_project_is_fixed_and_values_come_from_the_release(repo):
     chart, values = template["sources"]
     assert chart["path"] == "charts/kubeforge-serving" and values["ref"] == "values"
     assert chart["helm"]["valueFiles"] == ["$values/{{.path.path}}/values.yaml"]
-    (directories,) = app_set["spec"]["generators"][0]["matrix"]["generators"][1]["git"]["directories"]
-    assert directories == {"path": "manifests/apps/team-x/{{.env}}/*"}
+    git_generator = app_set["spec"]["generators"][0]["matrix"]["generators"][1]["git"]
+    # one file per release kind marks its directory: the chart's values or the InferenceService
+    assert git_generator["files"] == [{"path": "manifests/apps/team-x/{{.env}}/*/values.yaml"},
+                                      {"path": "manifests/apps/team-x/{{.env}}/*/inferenceservice.yaml"}]
+    assert "directories" not in git_generator
+
+
+def test_app_set_patches_kserve_releases_to_their_own_directory(repo):
+    add(repo, "team-x")
+    _, app_set = yaml.safe_load_all((repo / "manifests" / "argocd" / "tenants" / "team-x.yaml").read_text())
+    patch = app_set["spec"]["templatePatch"]
+    assert app_set["spec"]["goTemplate"] is True  # templatePatch is only rendered for Go templates
+    kserve_branch = patch[patch.index('{{- if eq .path.filename "inferenceservice.yaml" }}'):]
+    assert "path: '{{ .path.path }}'" in kserve_branch and "helm" not in kserve_branch
+    assert '- repoURL: "https://git.example.com/platform/kubeforge-gitops.git"' in kserve_branch
+    assert patch.startswith("metadata:\n  labels:\n    kubeforge.io/release-kind: ")  # never an empty patch
+    text = (repo / "manifests" / "argocd" / "tenants" / "team-x.yaml").read_text()
+    assert "  templatePatch: |\n    metadata:\n" in text  # a readable block in review, not an escaped string
+
+
+def test_flux_role_grants_inference_services_without_update(repo):
+    add(repo)
+    flux = list(yaml.safe_load_all((repo / "manifests" / "flux" / "tenants" / "team-x.yaml").read_text()))
+    (role,) = [d for d in flux if d["kind"] == "Role"]
+    rules = {(group, resource): rule["verbs"] for rule in role["rules"] for group in rule["apiGroups"]
+             for resource in rule["resources"]}
+    assert rules[("serving.kserve.io", "inferenceservices")] == ["get", "list", "watch", "create", "patch", "delete"]
+    assert not [key for key in rules if key[0] == "serving.kserve.io" and key[1] != "inferenceservices"]
 
 
 def test_hand_edits_are_refused_with_a_diff_unless_forced(repo):

@@ -20,11 +20,10 @@ import fsspec
 import numpy as np
 import pandas as pd
 
+from kubeforge.errors import DataError  # noqa: F401 (re-exported)
 from kubeforge.config import BUNDLED_DATASETS, DataConfig
 
 
-class DataError(ValueError):
-    """The data was refused; the message names the problem and where it is."""
 
 
 LABEL = "__label__"

@@ -21,14 +21,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from kubeforge.errors import ModelError  # noqa: F401 (re-exported)
 from kubeforge.config import ModelConfig
 
 WEIGHTS_FILE = "model.safetensors"
 SPEC_FILE = "model.json"
 
 
-class ModelError(ValueError):
-    """A model could not be built, saved or loaded; the message names the cause."""
 
 
 class ModelSpec(BaseModel):

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import fsspec
 
-from kubeforge.data import DataError
+from kubeforge.errors import DataError
 
 if TYPE_CHECKING:
     from kubeforge.config import LMDataConfig
@@ -132,7 +132,7 @@ def stdlib_docstring_examples(limit: int | None = None) -> list[Example]:
 def _hf_snapshot(source: str) -> str:
     """The local folder of a hub dataset snapshot; a hub failure is a data failure of this source."""
     from kubeforge.lm.sources import fetch_hf_snapshot, parse_hf_reference
-    from kubeforge.models import ModelError
+    from kubeforge.errors import ModelError
 
     try:
         repo_type, repo_id, revision = parse_hf_reference(source)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from kubeforge.data import DataError
+from kubeforge.errors import DataError
 
 IGNORE_INDEX = -100
 GENERATION_BATCH = 16

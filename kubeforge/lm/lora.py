@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from kubeforge.config import ConfigError, LoRAConfig
-from kubeforge.models import ModelError
+from kubeforge.errors import ModelError
 
 ADAPTER_DIR = "adapter"
 MERGED_DIR = "merged"

@@ -1,10 +1,9 @@
-"""Checks of a language-model run that need no training, done before kfp starts a single step.
+"""Checks of a language-model run's model settings that need no training, done before kfp starts a single step.
 
-A fine-tune that fails after minutes of pre-training on a typo in ``lora_target_modules`` or a JSONL row without a
-``completion`` wastes the user's time and leaves half a run behind; each check here is cheap (parse a reference,
-read config.json, build the model on the meta device, read the local data files) and raises the same error the
-step itself would raise. Remote sources (hf:// online, s3://, gs://) are left to the steps: fetching them twice
-would cost more than it saves.
+A fine-tune that fails after minutes of pre-training on a typo in ``lora_target_modules`` wastes the user's time and
+leaves half a run behind; each check here is cheap (parse a reference, read config.json, build the model on the meta
+device) and raises the same error the step itself would raise. The data is checked by kubeforge.preflight; remote
+models (hf:// online, s3://, gs://) are left to the steps: fetching them twice would cost more than it saves.
 """
 
 from __future__ import annotations
@@ -14,23 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from kubeforge.config import ConfigError, LMDataConfig, LMModelConfig, LoRAConfig, RunConfig
-from kubeforge.models import ModelError
-
-LOCAL_DATA = ("pydoc:",)
-
-
-def _is_local(source: str) -> bool:
-    return source.startswith(LOCAL_DATA) or "://" not in source or source.startswith("file://")
-
-
-def check_data(data: LMDataConfig, *, need_corpus: bool) -> None:
-    from kubeforge.lm.corpus import load_documents, load_examples
-
-    if need_corpus and _is_local(data.corpus):
-        load_documents(data.corpus)
-    if _is_local(data.finetune_dataset):
-        load_examples(data.finetune_dataset)
-
+from kubeforge.errors import ModelError
 
 def _local_model_dir(model: LMModelConfig) -> Path | None:
     from kubeforge.lm.sources import fetch_hf_snapshot, hf_offline, parse_model_source, pvc_path
@@ -46,42 +29,59 @@ def _local_model_dir(model: LMModelConfig) -> Path | None:
     return None
 
 
-def _meta_model(config: Any) -> Any:
-    """The architecture without weights: module names and sizes for free."""
+# Linear layer names of the decoder families whose blocks are Llama's; others are found by building the model on
+# the meta device (which costs a transformers import, seconds, instead of a JSON read)
+LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2")
+LLAMA_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head")
+
+
+def _linear_names(architecture: dict[str, Any], directory: Path | None) -> list[str]:
+    if architecture.get("model_type") in LLAMA_LIKE:
+        return list(LLAMA_LINEAR)
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from kubeforge.lm.lora import linear_layer_names
 
     with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config)
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(directory, local_files_only=True))
+    return linear_layer_names(model)
+
+
+def _architecture(model: LMModelConfig) -> tuple[dict[str, Any], Path | None] | None:
+    """(config.json contents, directory) of the base model, or None when it can only be seen by the step."""
+    from kubeforge.lm.sources import check_checkpoint_files
+
+    if model.base_model.startswith("scratch:"):
+        return {"model_type": "llama", "max_position_embeddings": model.context_length}, None
+    directory = _local_model_dir(model)
+    if directory is None:
+        return None
+    check_checkpoint_files(directory)
+    config_file = directory / "config.json"
+    if not config_file.exists():  # an adapter directory: its base is checked when it is loaded
+        return None
+    try:
+        return json.loads(config_file.read_text()), directory
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"{config_file} is not valid JSON: {exc}") from None
 
 
 def check_model(model: LMModelConfig, data: LMDataConfig, lora: LoRAConfig | None) -> None:
-    from transformers import AutoConfig, LlamaConfig
-
     from kubeforge.lm.sequences import check_max_length
-    from kubeforge.lm.sources import SCRATCH_PRESETS, check_checkpoint_files
 
-    if model.base_model.startswith("scratch:"):
-        preset = model.base_model.removeprefix("scratch:")
-        architecture = LlamaConfig(**SCRATCH_PRESETS[preset], vocab_size=model.tokenizer_vocab,
-                                   max_position_embeddings=model.context_length)
-    else:
-        directory = _local_model_dir(model)
-        if directory is None:
-            return
-        check_checkpoint_files(directory)
-        config_file = directory / "config.json"
-        if not config_file.exists():  # an adapter directory: its base is checked when it is loaded
-            return
-        try:
-            architecture = AutoConfig.from_pretrained(directory, local_files_only=True)
-        except (ValueError, OSError, json.JSONDecodeError) as exc:
-            raise ModelError(f"{config_file}: not a transformers model config ({str(exc).splitlines()[0]})") from None
-    check_max_length(data.max_length, int(architecture.max_position_embeddings))
+    found = _architecture(model)
+    if found is None:
+        return
+    architecture, directory = found
+    if "max_position_embeddings" in architecture:
+        check_max_length(data.max_length, int(architecture["max_position_embeddings"]))
     if lora is not None and lora.finetune_method in ("lora", "qlora"):
-        from kubeforge.lm.lora import _check_targets
-
-        _check_targets(_meta_model(architecture), list(lora.lora_target_modules))
+        names = _linear_names(architecture, directory)
+        missing = [target for target in lora.lora_target_modules if target not in names]
+        if missing:
+            raise ConfigError(f"lora_target_modules {missing} match no Linear layer of the base model; its Linear "
+                              f"layers are named: {', '.join(sorted(names))}")
     if lora is not None and lora.finetune_method == "qlora":
         import torch
 
@@ -91,9 +91,10 @@ def check_model(model: LMModelConfig, data: LMDataConfig, lora: LoRAConfig | Non
             raise ModelError(QLORA_NEEDS_CUDA)
 
 
-def check_lm_run(config: RunConfig, sections: tuple[str, ...]) -> None:
-    """Raise the first ConfigError/DataError/ModelError a local run of a pipeline with ``sections`` would hit."""
-    if "lm_data" not in sections or "lm_model" not in sections:
-        raise ConfigError("not a language-model pipeline")
-    check_data(config.lm_data, need_corpus="pretrain" in sections)
-    check_model(config.lm_model, config.lm_data, config.lora if "lora" in sections else None)
+def check_lm_params(params: dict[str, Any]) -> None:
+    """The model checks for a run's resolved flat parameters (those of the LM sections it has)."""
+    sections = [name for name in ("lm_model", "lm_data", "lora") if name in RunConfig.sections()]
+    fields = RunConfig.flat_fields(sections)
+    config = RunConfig.from_flat({name: value for name, value in params.items() if name in fields}, sections)
+    has_lora = any(name in params for name in LoRAConfig.model_fields)
+    check_model(config.lm_model, config.lm_data, config.lora if has_lora else None)

@@ -59,5 +59,10 @@ def evaluation_section(evaluation: dict[str, Any]) -> Section:
 
 
 def lm_sections(stats: dict[str, Any], pretrained: dict[str, Any] | None, finetuned: dict[str, Any],
-                evaluation: dict[str, Any]) -> list[Section]:
-    return [data_section(stats), training_section(pretrained, finetuned), evaluation_section(evaluation)]
+                evaluation: dict[str, Any], compression: dict[str, Any] | None = None) -> list[Section]:
+    sections = [data_section(stats), training_section(pretrained, finetuned), evaluation_section(evaluation)]
+    if compression is not None:  # the lm-compress step's compression.json
+        from kubeforge.compression.lm_report import lm_compression_section
+
+        sections.append(lm_compression_section(compression))
+    return sections

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from kubeforge.config import ConfigError
-from kubeforge.data import DataError
+from kubeforge.errors import DataError
 from kubeforge.lm.corpus import Document, Example
 
 IGNORE_INDEX = -100

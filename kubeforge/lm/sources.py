@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from kubeforge.config.base import DNS_LABEL
 from kubeforge.lm.tokenizer import check_tokenizer_fits, train_tokenizer
-from kubeforge.models import ModelError
+from kubeforge.errors import ModelError
 
 # LlamaConfig sizes. With a 2048 vocabulary: tiny ~0.7M parameters (the local demo), small ~3.4M (about 5x tiny,
 # the compression benchmark), base ~18M. Grouped-query attention (kv heads = heads / 2) and tied embeddings keep

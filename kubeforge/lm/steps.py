@@ -183,14 +183,16 @@ def evaluate_lm_step(data_dir: str | Path, finetuned_dir: str | Path, evaluation
 
 def lm_report_step(data_dir: str | Path, finetuned_dir: str | Path, evaluation_file: str | Path,
                    report_file: str | Path, *, pretrained_dir: str | Path | None = None,
-                   title: str = "kubeforge language-model run") -> None:
+                   compressed_dir: str | Path | None = None, title: str = "kubeforge language-model run") -> None:
     from kubeforge.lm.report import lm_sections
     from kubeforge.report import render_report
 
     stats = json.loads((Path(data_dir) / "stats.json").read_text())
     pretrained = load_lm_result(pretrained_dir) if pretrained_dir is not None else None
+    compression = (json.loads((Path(compressed_dir) / "compression.json").read_text())
+                   if compressed_dir is not None else None)
     sections = lm_sections(stats, pretrained, load_lm_result(finetuned_dir),
-                           json.loads(Path(evaluation_file).read_text()))
+                           json.loads(Path(evaluation_file).read_text()), compression)
     Path(report_file).write_text(render_report(title, sections))
 
 

@@ -37,7 +37,7 @@ from kubeforge.config import ConfigError, LMRuntimeConfig, LMTrainConfig
 from kubeforge.lm.evaluation import forward_logits, next_token_sums, perplexity, trim_padding
 from kubeforge.lm.lm_checkpoint import (LMCheckpoint, capture_rng, has_lm_checkpoint, load_lm_checkpoint,
                                         restore_rng, save_lm_checkpoint)
-from kubeforge.models import ModelError
+from kubeforge.errors import ModelError
 from kubeforge.training import process_group, select_device
 
 CHECKPOINT_DIR = "checkpoint"

@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from tests.charts.conftest import helm, render  # noqa: F401 - the chart fixtures, shared
+from tests.manifests.argocd import argo_applications  # noqa: F401 - what the ApplicationSet generates
 
 ROOT = Path(__file__).resolve().parents[3]
 MANIFESTS = ROOT / "manifests"
@@ -20,26 +21,6 @@ def build(path: Path) -> list[dict]:
     done = subprocess.run(["kubectl", "kustomize", str(path)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     return [o for o in yaml.safe_load_all(done.stdout) if o]
-
-
-def argo_applications(repo: Path, cluster_env: str, tenant: str) -> list[dict]:
-    """What the tenant's ApplicationSet generates from this checkout on the env's cluster (its matrix of the env
-    list and the git directory generator, rendered with the three parameters the template uses)."""
-    (app_set,) = [o for o in build(repo / "manifests" / "clusters" / cluster_env)
-                  if o["kind"] == "ApplicationSet" and o["metadata"]["name"] == f"apps-{tenant}"]
-    env_list, git_generator = app_set["spec"]["generators"][0]["matrix"]["generators"]
-    applications = []
-    for element in env_list["list"]["elements"]:
-        pattern = git_generator["git"]["directories"][0]["path"].replace("{{.env}}", element["env"])
-        for directory in sorted(p for p in repo.glob(pattern) if p.is_dir()):
-            path = str(directory.relative_to(repo))
-            text = json.dumps(app_set["spec"]["template"])
-            for placeholder, value in (("{{.path.path}}", path), ("{{.path.basename}}", directory.name),
-                                       ("{{.env}}", element["env"])):
-                text = text.replace(placeholder, value)
-            assert "{{" not in text, text
-            applications.append({"apiVersion": "argoproj.io/v1alpha1", "kind": "Application", **json.loads(text)})
-    return applications
 
 
 @pytest.fixture

@@ -57,7 +57,7 @@ def test_qlora_without_cuda_says_what_to_use_instead():
 
 def test_lora_training_moves_only_the_adapter(tmp_path):
     base = {name: p.clone() for name, p in tiny_model().named_parameters()}
-    model = prepare_for_finetuning(tiny_model(), LoRAConfig(lora_rank=4), "cpu")
+    model = prepare_for_finetuning(tiny_model(), LoRAConfig(lora_rank=4, lora_target_modules=["q_proj", "v_proj"]), "cpu")
     config = LMTrainConfig(steps=6, learning_rate=1e-2, warmup_steps=1, batch_size=8)
     runtime = LMRuntimeConfig(lm_device="cpu", eval_interval=3, checkpoint_interval=3)
     result = train_causal_lm(model, counting_sequences(32), counting_sequences(8, seed=1), config, runtime, tmp_path,
@@ -70,7 +70,7 @@ def test_lora_training_moves_only_the_adapter(tmp_path):
     assert any(p.abs().sum() > 0 for name, p in model.named_parameters() if "lora_B" in name)
     state = json.loads((tmp_path / "checkpoint" / "state.json").read_text())
     params = [name for group in state["optimizer"]["param_groups"] for name in group["params"]]
-    assert len(params) == 8 and all("lora_" in name for name in params)  # the frozen base is not checkpointed
+    assert len(params) == 8 and all("lora_" in name for name in params)  # 2 layers x 2 targets x (A, B); the frozen base is not checkpointed
 
 
 def _logits(model, ids):

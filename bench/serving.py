@@ -1,25 +1,32 @@
-"""kubeforge's BentoML service vs a naive server, under the same load, in one run, interleaved.
+"""Serving benchmark: kubeforge's BentoML service vs a naive server and a null app, in one run, interleaved.
 
-(a) kubeforge: `kubeforge.serving.service` on the compressed model the gate picks (ONNX Runtime int8), settings from
-    KUBEFORGE_SERVE_* (2 workers, 1 inference thread each, on this 2-core machine; batching at its defaults,
-    max_batch_size 64 rows and max_latency_ms 20).
-(a') the same service with batching off (max_batch_size 1), to show what batching adds.
-(b) naive baseline: FastAPI + uvicorn (1 process), the uncompressed fp32 torch model, one forward per request.
-All serve the same MLP 64-1024-1024-10 trained on digits and get identical payloads (digits rows, one per request)
-from the same load generator: wrk (C, epoll; `apt-get install wrk`) with N connections for a fixed duration, or, where
-wrk is missing, an aiohttp client with a fixed request count. Loopback only. The load generator shares the 2 cores
-with the server under test, which caps both sides alike. Every level runs `--repeats` times, servers interleaved
-(a, a', b, a, a', b, ...), and the medians are reported; the 1-minute load average is recorded before and after,
-since the machine may be shared.
+Servers (all on one uvicorn worker, the same HTTP stack: uvloop/httptools when installed, else asyncio/h11;
+``--stack h11`` hides uvloop/httptools from every server):
+(a) kubeforge: `kubeforge.serving.service` with its defaults (1 worker, 1 inference thread, batching and adaptive
+    admission at their defaults) on the compressed model the gate picks (ONNX Runtime int8).
+(b) naive: FastAPI + uvicorn, the uncompressed fp32 torch model, one forward per request.
+(c) null: an ASGI app that reads the body and answers a constant: the ceiling of the stack.
+All serve (or pretend to serve) the MLP 64-1024-1024-10 trained on digits and get identical payloads, one digits row
+per request. Loopback only; the load generator shares the 2 cores with the server under test.
 
-    python -m bench.serving [--seconds 5] [--repeats 3] [--requests 3000]
-Target at 64 clients: >= 2.0x the baseline's throughput, p99 no worse, zero errors.
+Part 1, equal workers: wrk (`apt-get install wrk`; else bench.serving_load) at 1, 16 and 64 connections for a
+fixed duration; throughput, p50/p99, errors and the server's CPU per request. Targets at 64: kubeforge >= 3x naive and
+>= 60 % of null.
+Part 2, overload: closed-loop clients (bench.serving_load: latencies kept apart for 2xx and 503) at 1x, 2x, 8x and 16x
+the concurrency that saturates kubeforge (the smallest of 1, 2, 4, 8, 16, 32 clients reaching 90 % of the best
+goodput), for kubeforge and naive, once with clients that send again at once (wrk-like) and once with clients that
+honour Retry-After; goodput, p50/p99 of accepted requests, p99 of 503s, errors, server RSS. Targets: goodput at 8x and
+16x >= 85 % of the peak, accepted p99 <= 2x the p99 at 1x, 503 p99 <= 5 ms, RSS within 10 % of the 1x level, no
+connection errors, naive beaten at every level.
+Every level runs `--repeats` times with the servers interleaved, medians reported; the 1-minute load average is
+recorded before and after, since the machine is shared.
+
+    python -m bench.serving [--seconds 5] [--overload-seconds 3] [--repeats 3] [--stack auto|h11]
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import os
@@ -33,11 +40,36 @@ import textwrap
 import time
 from pathlib import Path
 
-import numpy as np
-
-from bench._harness import write
+from bench._harness import versions, write
 
 CLIENTS = (1, 16, 64)
+OVERLOAD_FACTORS = (1, 2, 8, 16)
+SATURATION_SWEEP = (1, 2, 4, 8, 16, 32)
+
+NULL_SERVER = textwrap.dedent("""
+    import sys
+    import uvicorn
+
+    BODY = b'{"ok":true}'
+    HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(BODY)).encode())]
+
+    async def app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        more = True
+        while more:
+            more = (await receive()).get("more_body", False)
+        await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+        await send({"type": "http.response.body", "body": BODY})
+
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
+""")
+# on PYTHONPATH of every server with --stack h11: uvicorn's "auto" then picks asyncio and h11
+HIDE_FAST_STACK = 'import sys\nsys.modules["uvloop"] = None\nsys.modules["httptools"] = None\n'
+
 
 NAIVE_SERVER = textwrap.dedent("""
     import sys
@@ -89,39 +121,6 @@ def wait_ready(url: str, process: subprocess.Popen, timeout: float = 120) -> Non
     raise RuntimeError(f"{url} not ready after {timeout} s")
 
 
-async def load(url: str, payloads: list[bytes], clients: int, requests: int) -> dict:
-    import aiohttp
-
-    latencies: list[float] = []
-    errors = 0
-    counter = iter(range(requests))
-
-    async def client(session: aiohttp.ClientSession) -> None:
-        nonlocal errors
-        for i in counter:
-            started = time.perf_counter()
-            try:
-                async with session.post(url + "/predict", data=payloads[i % len(payloads)],
-                                        headers={"content-type": "application/json"}) as response:
-                    await response.read()
-                    if response.status != 200:
-                        errors += 1
-            except aiohttp.ClientError:
-                errors += 1
-            latencies.append(time.perf_counter() - started)
-
-    connector = aiohttp.TCPConnector(limit=clients)
-    timeout = aiohttp.ClientTimeout(total=30)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        started = time.perf_counter()
-        await asyncio.gather(*(client(session) for _ in range(clients)))
-        elapsed = time.perf_counter() - started
-    ms = np.array(latencies) * 1000
-    return {"clients": clients, "requests": requests, "seconds": round(elapsed, 2),
-            "req_per_s": round(requests / elapsed, 1), "p50_ms": round(float(np.percentile(ms, 50)), 2),
-            "p99_ms": round(float(np.percentile(ms, 99)), 2), "errors": errors}
-
-
 WRK_SCRIPT = """
 bodies = {{{bodies}}}
 counter = 0
@@ -143,7 +142,7 @@ def wrk_load(url: str, payloads: list[bytes], clients: int, seconds: int, workdi
     script.write_text(WRK_SCRIPT.format(bodies=bodies))
     threads = min(2, clients)
     done = subprocess.run(["wrk", f"-t{threads}", f"-c{clients}", f"-d{seconds}s", "--timeout", "10s", "-s",
-                           str(script), url], capture_output=True, text=True, check=True)
+                           str(script), url], capture_output=True, text=True, check=True, start_new_session=True)
     line = next(line for line in done.stdout.splitlines() if line.startswith("RESULT"))
     requests, status_errors, socket_errors, p50, p99, duration_us = line.split()[1:]
     elapsed = int(duration_us) / 1e6
@@ -176,7 +175,11 @@ def prepare_models(root: Path) -> tuple[Path, Path, list[bytes]]:
 
 
 def start(command: list[str], env: dict, log: Path) -> subprocess.Popen:
-    return subprocess.Popen(command, env={**os.environ, **env}, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    """Each server in its own session, as BentoML's workers are: with the kernel's autogroup scheduling a session is
+    one scheduling group, so a server sharing the benchmark's session would share its CPU share with the load
+    generator."""
+    return subprocess.Popen(command, env={**os.environ, **env}, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -194,47 +197,118 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process and its descendants (BentoML: arbiter + workers)."""
+    total, pending = 0, [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            for line in Path(f"/proc/{current}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending += [int(child) for child in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            continue
+    return round(total / 1024, 1)
+
+
+def closed_loop(url: str, payloads: Path, clients: int, seconds: float, honour: bool) -> dict:
+    command = [sys.executable, "-m", "bench.serving_load", url + "/predict", "--payloads", str(payloads),
+               "--clients", str(clients), "--seconds", str(seconds)] + (["--honour-retry-after"] if honour else [])
+    done = subprocess.run(command, capture_output=True, text=True, check=True, start_new_session=True,
+                          cwd=Path(__file__).parent.parent)
+    return json.loads(done.stdout)
+
+
+def median_of(runs: list[dict], key: str) -> float | None:
+    values = [run[key] for run in runs if run.get(key) is not None]
+    return round(statistics.median(values), 2) if values else None
+
+
 def summarize(runs: list[dict]) -> dict:
     """Medians over the interleaved repeats (errors are summed: one is one too many)."""
-    middle = {key: round(statistics.median(run[key] for run in runs), 2)
-              for key in ("req_per_s", "p50_ms", "p99_ms", "server_cpu_us_per_request")}
+    middle = {key: median_of(runs, key) for key in ("req_per_s", "p50_ms", "p99_ms", "server_cpu_us_per_request")}
     return {"clients": runs[0]["clients"], **middle, "errors": sum(run["errors"] for run in runs),
             "requests": sum(run["requests"] for run in runs), "repeats": len(runs),
             "req_per_s_runs": [run["req_per_s"] for run in runs]}
 
 
+def summarize_overload(runs: list[dict], factor: int) -> dict:
+    keys = ("goodput_per_s", "requests_per_s", "accepted_p50_ms", "accepted_p99_ms", "shed_p50_ms", "shed_p99_ms",
+            "rss_mb")
+    return {"factor": factor, "clients": runs[0]["clients"], **{key: median_of(runs, key) for key in keys},
+            "shed_503": sum(run["shed_503"] for run in runs), "ok": sum(run["ok"] for run in runs),
+            "errors": sum(run["other_status"] + run["connection_errors"] for run in runs),
+            "connection_errors": sum(run["connection_errors"] for run in runs),
+            "goodput_runs": [run["goodput_per_s"] for run in runs]}
+
+
+def overload_targets(ours: list[dict], naive: list[dict]) -> dict:
+    peak = max(level["goodput_per_s"] for level in ours)
+    base = ours[0]
+    high = [level for level in ours if level["factor"] >= 8]
+    shed_p99 = [level["shed_p99_ms"] for level in ours if level["shed_p99_ms"] is not None]
+    return {
+        "goodput_at_8x_16x_ge_85pct_of_peak": all(level["goodput_per_s"] >= 0.85 * peak for level in high),
+        "goodput_at_8x_16x_pct_of_peak": [round(100 * level["goodput_per_s"] / peak, 1) for level in high],
+        "accepted_p99_le_2x_saturated": all((level["accepted_p99_ms"] or 0) <= 2 * base["accepted_p99_ms"]
+                                            for level in ours),
+        "shed_p99_le_5ms": all(p99 <= 5 for p99 in shed_p99), "shed_p99_max_ms": max(shed_p99, default=None),
+        "rss_within_10pct": all(abs(level["rss_mb"] - base["rss_mb"]) <= 0.1 * base["rss_mb"] for level in ours),
+        "no_connection_errors": all(level["connection_errors"] == 0 for level in ours),
+        "beats_naive_at_every_level": all(a["goodput_per_s"] > b["goodput_per_s"]
+                                          for a, b in zip(ours, naive, strict=True)),
+    }
+
+
+def saturation(url: str, payloads: Path) -> tuple[int, dict[int, float]]:
+    goodput = {clients: closed_loop(url, payloads, clients, 2, False)["goodput_per_s"] for clients in SATURATION_SWEEP}
+    best = max(goodput.values())
+    return next(c for c in SATURATION_SWEEP if goodput[c] >= 0.9 * best), goodput
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=3000, help="per level, for the aiohttp fallback")
-    parser.add_argument("--seconds", type=int, default=5, help="per level, with wrk")
+    parser.add_argument("--seconds", type=int, default=5, help="per level of part 1")
+    parser.add_argument("--overload-seconds", type=float, default=3, help="per level of part 2")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per level; medians are reported")
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--stack", choices=("auto", "h11"), default="auto")
+    parser.add_argument("--saturation", type=int, default=0, help="clients that saturate kubeforge (0: measure)")
     args = parser.parse_args()
     use_wrk = shutil.which("wrk") is not None
     bentoml = [str(Path(sys.executable).parent / "bentoml"), "serve", "kubeforge.serving.service:KubeforgeClassifier",
                "--host", "127.0.0.1", "--port", "{port}"]
-    ours, unbatched, naive = ("kubeforge (BentoML, ONNX int8)", "kubeforge, batching off (max_batch_size 1)",
-                              "naive (FastAPI, torch fp32)")
+    ours, naive, null = "kubeforge (BentoML, ONNX int8, 1 worker)", "naive (FastAPI, torch fp32, 1 worker)", \
+        "null ASGI app (the stack's ceiling)"
     load_before = os.getloadavg()[0]
     runs: dict[str, dict[int, list[dict]]] = {}
+    overload: dict[str, dict[str, dict[int, list[dict]]]] = {}
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         root = Path(tmp)
         fp32, int8, payloads = prepare_models(root)
-        common = {"KUBEFORGE_MODEL_DIR": str(int8), "BENTOML_HOME": str(root / "bh"),
-                  "KUBEFORGE_SERVE_WORKERS": str(args.workers), "KUBEFORGE_SERVE_THREADS": "1",
-                  "KUBEFORGE_SERVE_MAX_CONCURRENCY": "1024"}
-        servers = {ours: (bentoml, common),
-                   unbatched: (bentoml, {**common, "KUBEFORGE_SERVE_MAX_BATCH_SIZE": "1"}),
-                   naive: ([sys.executable, "-c", NAIVE_SERVER, str(fp32), "{port}"], {})}
+        payload_file = root / "payloads.json"
+        payload_file.write_text(json.dumps([body.decode() for body in payloads]))
+        stack_env: dict[str, str] = {}
+        if args.stack == "h11":
+            (root / "stack").mkdir()
+            (root / "stack" / "sitecustomize.py").write_text(HIDE_FAST_STACK)
+            stack_env = {"PYTHONPATH": str(root / "stack")}
+        servers = {ours: (bentoml, {"KUBEFORGE_MODEL_DIR": str(int8), "BENTOML_HOME": str(root / "bh")}),
+                   naive: ([sys.executable, "-c", NAIVE_SERVER, str(fp32), "{port}"], {}),
+                   null: ([sys.executable, "-c", NULL_SERVER, "{port}"], {})}
         running: dict[str, tuple[str, subprocess.Popen]] = {}
         for name, (command, env) in servers.items():
             port = free_port()
-            process = start([str(port) if part == "{port}" else part for part in command], env, root / f"{port}.log")
+            process = start([str(port) if part == "{port}" else part for part in command], {**env, **stack_env},
+                            root / f"{port}.log")
             stack.callback(stop, process)
             running[name] = (f"http://127.0.0.1:{port}", process)
         for name, (url, process) in running.items():
             wait_ready(url, process)
-            asyncio.run(load(url, payloads, 8, 300))  # warm-up, not recorded
+            closed_loop(url, payload_file, 8, 1, False)  # warm-up, not recorded
             runs[name] = {clients: [] for clients in CLIENTS}
         for _ in range(args.repeats):
             for clients in CLIENTS:
@@ -243,26 +317,54 @@ def main() -> None:
                     if use_wrk:
                         result = wrk_load(url, payloads, clients, args.seconds, root)
                     else:
-                        result = asyncio.run(load(url, payloads, clients, args.requests))
+                        loaded = closed_loop(url, payload_file, clients, args.seconds, False)
+                        result = {"clients": clients, "requests": loaded["ok"] + loaded["shed_503"],
+                                  "req_per_s": loaded["requests_per_s"], "p50_ms": loaded["accepted_p50_ms"],
+                                  "p99_ms": loaded["accepted_p99_ms"],
+                                  "errors": loaded["shed_503"] + loaded["other_status"] + loaded["connection_errors"]}
                     result["server_cpu_us_per_request"] = round(
                         (cpu_seconds(process.pid) - cpu) * 1e6 / max(result["requests"], 1), 1)
                     runs[name][clients].append(result)
+        saturating, sweep = (args.saturation, {}) if args.saturation else saturation(running[ours][0], payload_file)
+        contenders = {name: running[name] for name in (ours, naive)}
+        for mode in ("retry at once", "honour Retry-After"):
+            overload[mode] = {name: {factor: [] for factor in OVERLOAD_FACTORS} for name in contenders}
+            for _ in range(args.repeats):
+                for factor in OVERLOAD_FACTORS:
+                    for name, (url, process) in contenders.items():
+                        result = closed_loop(url, payload_file, factor * saturating, args.overload_seconds,
+                                             mode != "retry at once")
+                        result["rss_mb"] = rss_mb(process.pid)
+                        overload[mode][name][factor].append(result)
+                        time.sleep(0.5)  # let a shed storm's stragglers drain before the next level
     results = {name: [summarize(levels[clients]) for clients in CLIENTS] for name, levels in runs.items()}
-    top = CLIENTS[-1]
-    ratio = results[ours][-1]["req_per_s"] / results[naive][-1]["req_per_s"]
-    paired = [a["req_per_s"] / b["req_per_s"] for a, b in zip(runs[ours][top], runs[naive][top], strict=True)]
+    top = {name: levels[-1]["req_per_s"] for name, levels in results.items()}
+    overload_results = {mode: {name: [summarize_overload(levels[f], f) for f in OVERLOAD_FACTORS]
+                               for name, levels in by_name.items()} for mode, by_name in overload.items()}
+    stack_used = "asyncio + h11" if args.stack == "h11" else (
+        "uvloop + httptools" if versions("uvloop", "httptools")["httptools"] != "not installed" else "asyncio + h11")
     write("serving", {
-        "load_generator": ("wrk" if use_wrk else "aiohttp") + ", one digits row per request, same machine "
-                          "(shares the 2 cores with the server under test)",
+        "load_generator": ("wrk" if use_wrk else "bench.serving_load") + " (part 1), bench.serving_load (part 2); "
+                          "one digits row per request, same machine (shares the 2 cores with the server under test)",
+        "http_stack": stack_used, "stack_versions": versions("uvicorn", "uvloop", "httptools", "h11"),
         "load_average_1min": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
-        "results": results, "throughput_ratio_at_64": round(ratio, 2),
-        "throughput_ratio_at_64_per_repeat": [round(r, 2) for r in paired],
-        "batching_gain_at_64": round(results[ours][-1]["req_per_s"] / results[unbatched][-1]["req_per_s"], 2),
-        "meets_target": {"throughput_2x": ratio >= 2.0,
-                         "p99_no_worse": results[ours][-1]["p99_ms"] <= results[naive][-1]["p99_ms"],
-                         "zero_errors": results[ours][-1]["errors"] == 0},
-    }, command=f"python -m bench.serving --seconds {args.seconds} --repeats {args.repeats} --workers {args.workers}"
-        if use_wrk else f"python -m bench.serving --requests {args.requests} --repeats {args.repeats}")
+        "equal_workers": {
+            "results": results,
+            "ratio_to_naive_at_64": round(top[ours] / top[naive], 2),
+            "ratio_to_null_at_64": round(top[ours] / top[null], 3),
+            "ratio_to_naive_at_64_per_repeat": [round(a["req_per_s"] / b["req_per_s"], 2) for a, b in
+                                                zip(runs[ours][64], runs[naive][64], strict=True)],
+            "ratio_to_null_at_64_per_repeat": [round(a["req_per_s"] / b["req_per_s"], 3) for a, b in
+                                               zip(runs[ours][64], runs[null][64], strict=True)],
+            "meets_target": {"ge_3x_naive": top[ours] >= 3 * top[naive],
+                             "ge_60pct_of_null": top[ours] >= 0.6 * top[null],
+                             "zero_errors": results[ours][-1]["errors"] == 0}},
+        "overload": {"saturating_clients": saturating, "saturation_sweep_goodput": sweep,
+                     "results": overload_results,
+                     "targets": {mode: overload_targets(by_name[ours], by_name[naive])
+                                 for mode, by_name in overload_results.items()}},
+    }, command=f"python -m bench.serving --seconds {args.seconds} --overload-seconds {args.overload_seconds} "
+               f"--repeats {args.repeats} --stack {args.stack}")
 
 
 def stop(process: subprocess.Popen) -> None:

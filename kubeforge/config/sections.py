@@ -160,16 +160,42 @@ class ClusterConfig(_Section):
 
 
 class ServeConfig(_Section):
-    """How the BentoML service runs; the Helm chart passes these through as environment variables."""
+    """How the BentoML service runs; the Helm chart passes these through as environment variables.
+
+    Admission (kubeforge.serving.admission): at most ``max_concurrency`` requests in flight per pod (fixed), or a
+    limit that adapts between ``min_concurrency`` and ``max_concurrency`` to keep requests within
+    ``latency_target_ms`` (adaptive); up to ``max_queue`` more wait for a slot; the rest get 503 with
+    ``Retry-After: retry_after_s`` before their body is read. Pod-wide counts are split evenly across workers.
+    """
 
     workers: int = Field(1, ge=1, le=64, description="server worker processes")
     threads: int = Field(1, ge=1, le=64, description="intra-op threads per worker for inference")
     max_batch_size: int = Field(64, ge=1, le=4096, description="adaptive batching: largest merged batch")
-    max_latency_ms: int = Field(20, ge=1, le=60_000, description="adaptive batching: latency budget per request")
-    max_concurrency: int = Field(256, ge=1, le=100_000, description="in-flight requests; excess get 503")
+    max_latency_ms: int = Field(50, ge=1, le=60_000,
+                                description="deadline: a request whose inference has not started this long after "
+                                            "it was received gets 503 before inference")
+    max_concurrency: int = Field(256, ge=1, le=100_000,
+                                 description="admission: in-flight requests per pod (the fixed limit, or the "
+                                             "adaptive limit's ceiling)")
+    limit_mode: Literal["adaptive", "fixed"] = Field(
+        "adaptive", description="admission: 'adaptive' follows latency_target_ms, 'fixed' is max_concurrency")
+    min_concurrency: int = Field(8, ge=1, le=100_000, description="admission: the adaptive limit's floor per pod")
+    latency_target_ms: int = Field(25, ge=1, le=60_000,
+                                   description="admission: latency the adaptive limit keeps admitted requests within")
+    max_queue: int = Field(0, ge=0, le=100_000, description="admission: requests per pod that may wait for a slot")
+    retry_after_s: int = Field(1, ge=0, le=3600, description="admission: Retry-After of a 503")
     timeout_s: float = Field(10.0, gt=0.0, le=3600.0, description="request timeout")
     max_instances: int = Field(1024, ge=1, le=1_000_000, description="rows per request")
     max_payload_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="largest accepted request body")
+    model_name: str = Field("kubeforge-classifier", pattern=DNS_LABEL_PATTERN, max_length=63,
+                            description="the model's name in the Open Inference Protocol v2 routes")
+
+    @model_validator(mode="after")
+    def _floor_below_ceiling(self) -> ServeConfig:
+        if self.min_concurrency > self.max_concurrency:
+            raise ValueError(f"min_concurrency ({self.min_concurrency}) is above max_concurrency "
+                             f"({self.max_concurrency})")
+        return self
 
     ENV_PREFIX: ClassVar[str] = "KUBEFORGE_SERVE_"
 

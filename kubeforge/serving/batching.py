@@ -1,16 +1,17 @@
 """Adaptive batching on the worker's event loop: rows of concurrent requests go through one inference call.
 
 Nothing waits for a batch to fill: the batcher runs as soon as the loop is free and takes every request that arrived
-meanwhile (up to ``max_batch_size`` rows), so one client sees batch-1 latency and many clients share calls. A request
-that full batches have passed over and that has queued longer than ``max_latency_ms`` is answered 503 instead of
-late: that is a real backlog, which shedding bounds. A request that merely waited through a scheduling stall fits the
-next batch and is served, since refusing it would save no work. Inference runs on the loop thread: a batch of this
-size takes tens of microseconds, less than a hand-off to a thread.
+meanwhile (up to ``max_batch_size`` rows), so one client sees batch-1 latency and many clients share calls. Each
+request carries its deadline (from kubeforge.serving.admission); one whose deadline has passed when its batch is
+formed is dropped before inference (Overloaded: the caller answers 503), never answered late after the work was
+done. Inference runs on the loop thread: a batch of this size takes tens of microseconds, less than a hand-off to a
+thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -20,24 +21,23 @@ import numpy as np
 
 
 class Overloaded(RuntimeError):
-    """A request waited past its latency budget behind full batches; the caller answers 503."""
+    """A request's deadline passed before its inference started; the caller answers 503."""
 
 
 @dataclass(slots=True)
 class _Queued:
     rows: np.ndarray
     future: asyncio.Future
-    queued_at: float
-    passed_over: bool = False  # a batch was formed without it because the batch was full
+    deadline: float
 
 
 class MicroBatcher:
-    def __init__(self, infer: Callable[[np.ndarray], np.ndarray], max_batch_size: int, max_latency_ms: float,
-                 on_batch: Callable[[int], None] | None = None):
+    def __init__(self, infer: Callable[[np.ndarray], np.ndarray], max_batch_size: int,
+                 on_batch: Callable[[int], None] | None = None, clock: Callable[[], float] = time.monotonic):
         self.infer = infer
-        self.on_batch = on_batch  # e.g. a Prometheus histogram's observe, called with each call's row count
+        self.on_batch = on_batch  # e.g. a histogram's observe, called with each call's row count
         self.max_batch_size = max_batch_size
-        self.max_latency_s = max_latency_ms / 1000
+        self.clock = clock  # the clock the deadlines were taken from
         self._queue: deque[_Queued] = deque()
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
@@ -48,14 +48,16 @@ class MicroBatcher:
     def enabled(self) -> bool:
         return self.max_batch_size > 1
 
-    async def predict(self, rows: np.ndarray) -> np.ndarray:
+    async def predict(self, rows: np.ndarray, deadline: float = math.inf) -> np.ndarray:
         if not self.enabled or len(rows) >= self.max_batch_size:
+            if self.clock() > deadline:
+                raise Overloaded("the deadline passed before inference started")
             return self._infer(rows)
         if self._worker is None or self._worker.done():
             self._wakeup = asyncio.Event()
             self._worker = asyncio.get_running_loop().create_task(self._run(), name="kubeforge-batcher")
         future = asyncio.get_running_loop().create_future()
-        self._queue.append(_Queued(rows, future, time.monotonic()))
+        self._queue.append(_Queued(rows, future, deadline))
         self._wakeup.set()
         return await future
 
@@ -67,21 +69,18 @@ class MicroBatcher:
         return self.infer(rows)
 
     def _next_batch(self) -> list[tuple[np.ndarray, asyncio.Future]]:
-        deadline = time.monotonic() - self.max_latency_s
+        now = self.clock()
         batch: list[tuple[np.ndarray, asyncio.Future]] = []
         size = 0
         while self._queue and size + len(self._queue[0].rows) <= self.max_batch_size:
             item = self._queue.popleft()
             if item.future.cancelled():  # the client went away
                 continue
-            if item.passed_over and item.queued_at < deadline:
-                item.future.set_exception(Overloaded(
-                    f"queued longer than max_latency_ms={self.max_latency_s * 1000:g} behind full batches"))
+            if now > item.deadline:
+                item.future.set_exception(Overloaded("the deadline passed before inference started"))
                 continue
             batch.append((item.rows, item.future))
             size += len(item.rows)
-        for item in self._queue:
-            item.passed_over = True
         return batch
 
     async def _run(self) -> None:

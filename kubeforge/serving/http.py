@@ -1,10 +1,10 @@
-"""The lean /predict route: raw body -> JSON -> contract checks -> (batched) inference -> JSON bytes.
+"""kubeforge's own routes, as raw ASGI handlers: POST /predict, the Open Inference Protocol v2 and the OpenAPI document.
 
-It is a FastAPI app mounted on the BentoML service, so it still runs inside BentoML's request metrics and timeout
-middlewares and kubeforge's limits (kubeforge.serving.limits), and its OpenAPI paths are merged into the service's
-document; what it skips
-is the per-request IO-descriptor work of ``@bentoml.api`` (pydantic input model, a JSON schema rebuilt for every
-response's media type, a thread-pool hop), which cost more than the int8 inference itself.
+The front door (kubeforge.serving.frontdoor) calls them before BentoML's middleware stack, so a request costs one
+admission decision, one body read, stdlib ``json``, the contract checks, a (batched) inference and pre-assembled JSON
+bytes. A request is admitted or shed (kubeforge.serving.admission) before its body is read; an admitted one whose
+deadline passes before its batch is formed is dropped before inference. Each handler returns the status it sent, for
+the front door's request metrics.
 """
 
 from __future__ import annotations
@@ -12,119 +12,246 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import Response
-from pydantic import BaseModel, Field
+import numpy as np
 
+from kubeforge.serving import oip
+from kubeforge.serving.admission import Admission, Shed, Ticket
 from kubeforge.serving.batching import MicroBatcher, Overloaded
-from kubeforge.serving.limits import PayloadTooLarge, error_body, route_path, send_json
+from kubeforge.serving.limits import (JSON_BYTES, PayloadTooLarge, declared_too_large, drain, error_body, header,
+                                      read_body, route_path, send_json)
+from kubeforge.serving.openapi import openapi_document
 from kubeforge.serving.runtime import ModelRuntime, RequestError
 
 logger = logging.getLogger("kubeforge.serving")
-JSON = "application/json"
 PREDICT_PATH = "/predict"
+OCTET_STREAM = b"application/octet-stream"
+NOT_LOADED = "the model is still loading; retry when /readyz is 200"
 
 
 @dataclass
 class ServingState:
     """What one worker serves with; filled by the model loader, read by every request."""
 
+    admission: Admission
+    model_name: str
+    max_payload_bytes: int
     runtime: ModelRuntime | None = None
     batcher: MicroBatcher | None = None
     load_error: str | None = None
     model_json: bytes = b"{}"
+    _documents: dict[bool, bytes] = field(default_factory=dict)
 
     def serve(self, runtime: ModelRuntime, on_batch: Callable[[int], None] | None = None) -> None:
         config = runtime.config
-        self.batcher = MicroBatcher(runtime.predict_proba, config.max_batch_size, config.max_latency_ms, on_batch)
+        self.batcher = MicroBatcher(runtime.predict_proba, config.max_batch_size, on_batch,
+                                    clock=self.admission.clock)
         self.model_json = json.dumps(runtime.describe(), separators=(",", ":")).encode()
+        self._documents.clear()
         self.runtime = runtime  # last: a request sees a runtime only once everything else is in place
 
-
-class PredictRequest(BaseModel):
-    instances: list[list[float] | dict[str, float]] = Field(
-        description="rows of raw features: lists in training order, or objects of named features")
-
-
-class Prediction(BaseModel):
-    class_index: int
-    class_name: str
-    probabilities: list[float]
+    def document(self) -> bytes:
+        """The OpenAPI document, with the loaded model's exact request and response shapes once it is loaded."""
+        loaded = self.runtime is not None
+        if loaded not in self._documents:
+            self._documents[loaded] = json.dumps(openapi_document(
+                self.runtime, self.model_name, self.max_payload_bytes)).encode()
+        return self._documents[loaded]
 
 
-class PredictResponse(BaseModel):
-    predictions: list[Prediction]
-    model: dict[str, Any]
+def _retry_after(shed: Shed) -> list[tuple[bytes, bytes]]:
+    return [(b"retry-after", str(shed.retry_after_s).encode())]
 
 
-ERRORS = {400: "malformed JSON or a bad row (the message names it)", 413: "too many rows or too large a body",
-          503: "not ready yet, over max_concurrency, or queued past max_latency_ms"}
-
-
-async def answer(state: ServingState, body: bytes) -> tuple[int, bytes]:
-    """Status and JSON body for one /predict request; every refusal names its problem."""
-    runtime, batcher = state.runtime, state.batcher
-    if runtime is None or batcher is None:
-        return 503, error_body("the model is still loading; retry when /readyz is 200")
-    try:
-        payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        return 400, error_body(f"malformed JSON: {exc}")
-    if not isinstance(payload, dict) or "instances" not in payload:
-        return 400, error_body('the body must be a JSON object {"instances": [row, ...]}')
-    try:
-        rows = runtime.parse(payload["instances"])
-    except RequestError as exc:
-        return exc.status, error_body(str(exc))
-    try:
-        probabilities = await batcher.predict(rows)
-    except Overloaded as exc:
-        return 503, error_body(f"overloaded: {exc}")
-    except Exception:  # a broken model must not take the worker down; the cause goes to the log
-        logger.exception("inference failed")
-        return 500, error_body("inference failed; see the server log")
-    predictions = json.dumps(runtime.predictions(probabilities), separators=(",", ":")).encode()
-    return 200, b'{"predictions":' + predictions + b',"model":' + state.model_json + b"}"
-
-
-class PredictAPI(FastAPI):
-    """A FastAPI app (so BentoML mounts it and merges its OpenAPI paths) whose POST /predict skips FastAPI's
-    per-request machinery (middleware stack, routing, dependency solving): the route is one raw ASGI exchange."""
+class Handlers:
+    """The routes of one worker, bound to its state."""
 
     def __init__(self, state: ServingState):
-        super().__init__(title="kubeforge-classifier", openapi_url=None, docs_url=None, redoc_url=None)
         self.state = state
 
-        @self.post(PREDICT_PATH, response_model=PredictResponse, summary="predict classes for rows of raw features",
-                   responses={code: {"description": text} for code, text in ERRORS.items()},
-                   openapi_extra={"requestBody": {"required": True, "content": {
-                       JSON: {"schema": PredictRequest.model_json_schema()}}}})
-        async def predict(request: Request) -> Response:
-            """The same exchange through FastAPI, for callers that run this app on its own."""
-            try:
-                status, body = await answer(state, await request.body())
-            except PayloadTooLarge as exc:
-                status, body = 413, error_body(str(exc))
-            return Response(body, status_code=status, media_type=JSON)
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or route_path(scope) != PREDICT_PATH:
-            await super().__call__(scope, receive, send)
-            return
-        chunks = []
-        try:
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    return
-                chunks.append(message.get("body", b""))
-                if not message.get("more_body", False):
-                    break
-        except PayloadTooLarge as exc:
-            status, body = 413, error_body(str(exc))
+    async def _admit(self, scope: dict, receive: Any, send: Any, errors: Callable[[str], bytes]
+                     ) -> tuple[ModelRuntime, MicroBatcher, Ticket] | int:
+        """Size check, readiness and admission, all before the body is read; the status sent when refused."""
+        state = self.state
+        too_large = declared_too_large(scope, state.max_payload_bytes)
+        if too_large is not None:
+            await drain(scope, receive)
+            await send_json(send, 413, errors(too_large))
+            return 413
+        runtime, batcher = state.runtime, state.batcher
+        admission = state.admission
+        if runtime is None or batcher is None:
+            shed: Shed | Ticket = admission.refuse_not_ready(NOT_LOADED)
         else:
-            status, body = await answer(self.state, b"".join(chunks))
-        await send_json(send, status, body)
+            shed = admission.admit() if admission.policy.max_queue == 0 else await admission.enter()
+        if isinstance(shed, Shed):
+            await send_json(send, 503, errors(shed.message), _retry_after(shed))
+            return 503
+        return runtime, batcher, shed
+
+    async def _infer(self, batcher: MicroBatcher, rows: np.ndarray, ticket: Ticket) -> np.ndarray | Shed:
+        """Probabilities, a Shed when the deadline passed first, or RequestError for rows the model cannot take."""
+        admission = self.state.admission
+        try:
+            probabilities = await batcher.predict(rows, ticket.deadline)
+        except Overloaded as exc:
+            admission.timed_out()
+            return Shed("deadline", f"overloaded: {exc}; retry later", admission.policy.retry_after_s)
+        if not np.isfinite(probabilities).all():  # finite float32 inputs far outside the training range overflow
+            index = int(np.argwhere(~np.isfinite(probabilities))[0][0])
+            raise RequestError(f"instance {index}: the model's output is not finite for this row; its values are "
+                               "likely far outside the range of the training data")
+        return probabilities
+
+    async def predict(self, scope: dict, receive: Any, send: Any) -> int:
+        admitted = await self._admit(scope, receive, send, error_body)
+        if isinstance(admitted, int):
+            return admitted
+        runtime, batcher, ticket = admitted
+        headers = None
+        try:
+            try:
+                body = await read_body(scope, receive, self.state.max_payload_bytes)
+            except PayloadTooLarge as exc:
+                status, payload = 413, error_body(str(exc))
+            else:
+                status, payload, headers = await self._predict(runtime, batcher, body, ticket)
+        finally:
+            self.state.admission.done(ticket)
+        await send_json(send, status, payload, headers)
+        return status
+
+    async def _predict(self, runtime: ModelRuntime, batcher: MicroBatcher, body: bytes, ticket: Ticket
+                       ) -> tuple[int, bytes, list | None]:
+        self.state.admission.received(ticket)
+        try:
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return 400, error_body(f"malformed JSON: {exc}"), None
+        if not isinstance(payload, dict) or "instances" not in payload:
+            return 400, error_body('the body must be a JSON object {"instances": [row, ...]}'), None
+        try:
+            rows = runtime.parse(payload["instances"])
+        except RequestError as exc:
+            return exc.status, error_body(str(exc)), None
+        try:
+            probabilities = await self._infer(batcher, rows, ticket)
+        except RequestError as exc:
+            return exc.status, error_body(str(exc)), None
+        except Exception:  # a broken model must not take the worker down; the cause goes to the log
+            logger.exception("inference failed")
+            return 500, error_body("inference failed; see the server log"), None
+        if isinstance(probabilities, Shed):
+            return 503, error_body(probabilities.message), _retry_after(probabilities)
+        predictions = runtime.predictions_json(probabilities)
+        return 200, b'{"predictions":' + predictions + b',"model":' + self.state.model_json + b"}", None
+
+    async def document(self, scope: dict, receive: Any, send: Any) -> int:
+        await send_json(send, 200, self.state.document())
+        return 200
+
+    async def v2(self, scope: dict, receive: Any, send: Any) -> int:
+        """/v2, /v2/health/{live,ready}, /v2/models/{name}[/versions/1][/ready|/infer]."""
+        parts = route_path(scope).rstrip("/").split("/")[2:]
+        method = scope["method"]
+        if parts[:1] == ["models"] and len(parts) >= 2:
+            name, rest = parts[1], parts[2:]
+            if rest[:1] == ["versions"]:
+                if rest[1:2] != [oip.MODEL_VERSION]:
+                    return await self._v2_error(send, 404, f"model {name!r} has no version {'/'.join(rest[1:2])!r}; "
+                                                           f"it has {oip.MODEL_VERSION!r}")
+                rest = rest[2:]
+            if name != self.state.model_name:
+                return await self._v2_error(send, 404, f"unknown model {name!r}; this server serves "
+                                                       f"{self.state.model_name!r}")
+            if rest == ["infer"]:
+                return await self._allow(send, method, "POST") or await self.v2_infer(scope, receive, send)
+            if rest == ["ready"]:
+                return await self._allow(send, method, "GET") or await self._v2_ready(send, {"name": name})
+            if not rest:
+                return await self._allow(send, method, "GET") or await self._v2_metadata(send)
+        elif parts == ["health", "live"]:
+            if self.state.load_error is not None:
+                return await self._allow(send, method, "GET") or await self._v2_error(
+                    send, 503, f"the model failed to load: {self.state.load_error}")
+            return await self._allow(send, method, "GET") or await self._v2_json(send, 200, {"live": True})
+        elif parts == ["health", "ready"]:
+            return await self._allow(send, method, "GET") or await self._v2_ready(send, {})
+        elif not parts:
+            from kubeforge import __version__
+
+            return await self._allow(send, method, "GET") or await self._v2_json(
+                send, 200, {"name": "kubeforge", "version": __version__, "extensions": ["binary_tensor_data"]})
+        return await self._v2_error(send, 404, f"no such route: {route_path(scope)}")
+
+    async def _allow(self, send: Any, method: str, allowed: str) -> int:
+        if method == allowed or (allowed == "GET" and method == "HEAD"):
+            return 0
+        await send_json(send, 405, oip.error_json(f"method {method} not allowed; use {allowed}"),
+                        [(b"allow", allowed.encode())])
+        return 405
+
+    async def _v2_json(self, send: Any, status: int, body: dict) -> int:
+        await send_json(send, status, json.dumps(body).encode())
+        return status
+
+    async def _v2_error(self, send: Any, status: int, message: str) -> int:
+        await send_json(send, status, oip.error_json(message))
+        return status
+
+    async def _v2_ready(self, send: Any, body: dict) -> int:
+        if self.state.runtime is None:
+            return await self._v2_error(send, 503, NOT_LOADED)
+        return await self._v2_json(send, 200, {**body, "ready": True})
+
+    async def _v2_metadata(self, send: Any) -> int:
+        runtime = self.state.runtime
+        if runtime is None:
+            return await self._v2_error(send, 503, NOT_LOADED)
+        return await self._v2_json(send, 200, oip.model_metadata(self.state.model_name, runtime.spec, runtime.engine))
+
+    async def v2_infer(self, scope: dict, receive: Any, send: Any) -> int:
+        admitted = await self._admit(scope, receive, send, oip.error_json)
+        if isinstance(admitted, int):
+            return admitted
+        runtime, batcher, ticket = admitted
+        headers, content_type = None, JSON_BYTES
+        try:
+            try:
+                body = await read_body(scope, receive, self.state.max_payload_bytes)
+            except PayloadTooLarge as exc:
+                status, payload = 413, oip.error_json(str(exc))
+            else:
+                status, payload, headers = await self._v2_infer(runtime, batcher, scope, body, ticket)
+                if headers and headers[0][0] == b"inference-header-content-length":
+                    content_type = OCTET_STREAM
+        finally:
+            self.state.admission.done(ticket)
+        await send_json(send, status, payload, headers, content_type)
+        return status
+
+    async def _v2_infer(self, runtime: ModelRuntime, batcher: MicroBatcher, scope: dict, body: bytes,
+                        ticket: Ticket) -> tuple[int, bytes, list | None]:
+        self.state.admission.received(ticket)
+        length = header(scope, oip.HEADER_LENGTH)
+        try:
+            if length is not None and not length.isdigit():
+                raise RequestError(f"Inference-Header-Content-Length must be a byte count, not {length!r}")
+            request = oip.parse_infer_request(body, int(length) if length is not None else None, runtime.spec,
+                                              runtime.config.max_instances)
+        except RequestError as exc:
+            return exc.status, oip.error_json(str(exc)), None
+        try:
+            probabilities = await self._infer(batcher, request.rows, ticket)
+        except RequestError as exc:
+            return exc.status, oip.error_json(str(exc)), None
+        except Exception:
+            logger.exception("inference failed")
+            return 500, oip.error_json("inference failed; see the server log"), None
+        if isinstance(probabilities, Shed):
+            return 503, oip.error_json(probabilities.message), _retry_after(probabilities)
+        payload, header_length = oip.encode_infer_response(request, probabilities, runtime.spec.class_names,
+                                                           self.state.model_name)
+        return 200, payload, ([(b"inference-header-content-length", header_length)] if header_length else None)

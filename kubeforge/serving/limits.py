@@ -1,4 +1,11 @@
-"""ASGI middlewares that protect a worker before any work starts: a body-size limit and a concurrency limit."""
+"""Request-size limits and the raw ASGI responses every kubeforge route sends.
+
+A body over the limit is refused with 413 before it is buffered (no memory growth), and the refusal reaches every
+client: one that waits for ``Expect: 100-continue`` gets it at once and never sends the body; one that sends the whole
+body before reading (Python's urllib, requests) would see a connection reset if the server answered and closed with
+the body still arriving, so the rest of the body is read and discarded first, up to ``DRAIN_LIMIT_BYTES`` (beyond
+that the connection is closed: nobody should have to swallow gigabytes to say no).
+"""
 
 from __future__ import annotations
 
@@ -9,10 +16,11 @@ from typing import Any
 from bentoml.exceptions import BentoMLException
 
 JSON_BYTES = b"application/json"
+DRAIN_LIMIT_BYTES = 64 * 1024 * 1024
 
 
 def error_body(message: str) -> bytes:
-    """The documented error shape, ``[{"error": "..."}]`` (the one BentoML's own 4xx answers use)."""
+    """The documented error shape of /predict, ``[{"error": "..."}]`` (the one BentoML's own 4xx answers use)."""
     return json.dumps([{"error": message}]).encode()
 
 
@@ -21,23 +29,70 @@ def route_path(scope: dict) -> str:
     return path[len(root):] if root and path.startswith(root) else path
 
 
-async def send_json(send: Any, status: int, body: bytes) -> None:
-    """One complete raw ASGI response with a JSON body."""
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", JSON_BYTES), (b"content-length", str(len(body)).encode())]})
+def header(scope: dict, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value
+    return None
+
+
+async def send_json(send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None,
+                    content_type: bytes = JSON_BYTES) -> None:
+    """One complete raw ASGI response."""
+    start = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": start + headers if headers else start})
     await send({"type": "http.response.body", "body": body})
-
-
-async def refuse(send: Any, status: int, message: str) -> None:
-    await send_json(send, status, error_body(message))
 
 
 class PayloadTooLarge(BentoMLException):
     error_code = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
 
 
+def declared_too_large(scope: dict, max_bytes: int) -> str | None:
+    """The 413 message when the Content-Length header alone is over the limit, else None."""
+    value = header(scope, b"content-length")
+    if value is not None and value.isdigit() and int(value) > max_bytes:
+        return f"payload of {value.decode()} bytes exceeds the limit of {max_bytes} bytes"
+    return None
+
+
+async def drain(scope: dict, receive: Any) -> None:
+    """Read and discard the rest of a refused body, so a client that sends everything before reading gets the 413."""
+    expect = header(scope, b"expect")
+    if expect is not None and expect.lower() == b"100-continue":
+        return  # the client waits for 100 Continue, which receive() would send: it never sends the body
+    drained = 0
+    while drained <= DRAIN_LIMIT_BYTES:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        drained += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
+
+
+async def read_body(scope: dict, receive: Any, max_bytes: int) -> bytes:
+    """The whole body, or PayloadTooLarge once it grows past the limit, raised after the rest was drained."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise ConnectionAbortedError("the client disconnected while sending the body")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        more = message.get("more_body", False)
+        if size > max_bytes:
+            if more:
+                await drain(scope, receive)
+            raise PayloadTooLarge(f"payload exceeds the limit of {max_bytes} bytes")
+        if not more:
+            return b"".join((*chunks, chunk)) if chunks else chunk
+        chunks.append(chunk)
+
+
 class PayloadLimit:
-    """ASGI middleware: refuse bodies over the limit with 413 before they are buffered (no memory growth)."""
+    """ASGI middleware for the routes BentoML serves itself: the same 413 rule as kubeforge's own routes."""
 
     def __init__(self, app: Any, max_bytes: int):
         self.app = app
@@ -47,13 +102,11 @@ class PayloadLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        for name, value in scope.get("headers", ()):
-            if name == b"content-length":
-                if value.isdigit() and int(value) > self.max_bytes:
-                    await refuse(send, 413, f"payload of {value.decode()} bytes exceeds the limit of "
-                                            f"{self.max_bytes} bytes")
-                    return
-                break
+        message = declared_too_large(scope, self.max_bytes)
+        if message is not None:
+            await drain(scope, receive)
+            await send_json(send, 413, error_body(message))
+            return
         received = 0
 
         async def counting_receive() -> dict:
@@ -65,31 +118,3 @@ class PayloadLimit:
             return message
 
         await self.app(scope, counting_receive, send)
-
-
-class ConcurrencyLimit:
-    """ASGI middleware: at most ``limit`` requests in flight per worker; the excess gets 503 at once, not a queue.
-
-    BentoML's own max_concurrency answers 429, which tells a client it is at fault and keeps load balancers from
-    retrying elsewhere; an overloaded server means 503. Probes and /metrics are never limited.
-    """
-
-    EXEMPT = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
-
-    def __init__(self, app: Any, limit: int):
-        self.app = app
-        self.limit = limit
-        self.in_flight = 0
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or route_path(scope) in self.EXEMPT:
-            await self.app(scope, receive, send)
-            return
-        if self.in_flight >= self.limit:
-            await refuse(send, 503, f"overloaded: {self.limit} requests in flight in this worker (max_concurrency)")
-            return
-        self.in_flight += 1
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self.in_flight -= 1

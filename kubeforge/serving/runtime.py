@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+from array import array
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -25,6 +26,8 @@ from kubeforge.onnx_inference import ONNX_FILE, Predictor, onnx_predictor, onnx_
 
 # The on-disk contract written by kubeforge.models / kubeforge.compression.artifact (read here without torch).
 SPEC_FILE = "model.json"
+NUMBER_TYPES = frozenset({float, int})
+ROW_JSON = '{"class_index":%d,"class_name":%s,"probabilities":[%s]}'
 
 
 class RequestError(ValueError):
@@ -77,10 +80,13 @@ class ModelRuntime:
     predict_proba: Predictor
     config: ServeConfig
     source: str
+    engine: str = "onnxruntime_onnx"  # the v2 protocol's "platform" of the model
 
     def __post_init__(self) -> None:
         self._names = self.spec.feature_names
         self._name_set = frozenset(self._names)
+        self._name_json = [json.dumps(name) for name in self.spec.class_names]
+        self._row_format = ",".join(["%.6f"] * len(self.spec.class_names))
         self._describe = {"classes": self.spec.class_names, "features": len(self.spec.feature_names),
                           "architecture": self.spec.architecture, "precision": self.spec.precision}
 
@@ -88,8 +94,9 @@ class ModelRuntime:
     def load(cls, model_dir: str | Path, config: ServeConfig | None = None) -> ModelRuntime:
         config = config or ServeConfig()
         spec = ServedSpec.read(model_dir)
+        engine = "onnxruntime_onnx" if (Path(model_dir) / ONNX_FILE).is_file() else "pytorch_safetensors"
         return cls(spec=spec, predict_proba=load_model_predictor(Path(model_dir), config.threads), config=config,
-                   source=str(model_dir))
+                   source=str(model_dir), engine=engine)
 
     def warm_up(self) -> None:
         """One inference per batch shape the server will see first, so the first client pays no lazy init."""
@@ -105,6 +112,18 @@ class ModelRuntime:
             raise RequestError(f"too many instances: {len(instances)} > limit {self.config.max_instances}",
                                HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
         width = self.spec.input_dim
+        # fast path, all in C: positional rows of exact floats/ints (`type` excludes bool), converted by array('f')
+        flat = array("f")
+        try:
+            for row in instances:
+                if type(row) is not list or len(row) != width or not NUMBER_TYPES.issuperset(map(type, row)):
+                    break
+                flat.extend(row)
+            else:
+                if math.isfinite(sum(flat)):  # inf/NaN in, or a value beyond float32 (became inf): slow path names it
+                    return np.frombuffer(flat, dtype=np.float32).reshape(len(instances), width)
+        except OverflowError:  # an integer beyond any float: the slow path names it
+            pass
         rows = np.empty((len(instances), width), dtype=np.float32)
         with np.errstate(over="ignore"):  # out-of-range values become inf and are refused just below
             for index, row in enumerate(instances):
@@ -145,8 +164,16 @@ class ModelRuntime:
     def predictions(self, probabilities: np.ndarray) -> list[dict]:
         indices = probabilities.argmax(axis=1).tolist()
         names = self.spec.class_names
-        return [{"class_index": i, "class_name": names[i], "probabilities": [round(p, 6) for p in row]}
-                for i, row in zip(indices, probabilities.tolist(), strict=True)]
+        return [{"class_index": i, "class_name": names[i], "probabilities": row}
+                for i, row in zip(indices, probabilities.round(6).tolist(), strict=True)]
+
+    def predictions_json(self, probabilities: np.ndarray) -> bytes:
+        """The JSON of ``self.predictions(p)``, probabilities to 6 decimals, formatted by one C call per row instead of
+        a dict and a shortest float repr per value (less than half the time of ``json.dumps``)."""
+        names, values = self._name_json, self._row_format
+        parts = [ROW_JSON % (i, names[i], values % tuple(row))
+                 for i, row in zip(probabilities.argmax(axis=1).tolist(), probabilities.tolist(), strict=True)]
+        return ("[" + ",".join(parts) + "]").encode()
 
     def predict(self, X: np.ndarray) -> list[dict]:
         return self.predictions(self.predict_proba(X))

@@ -4,8 +4,10 @@ Configuration comes from KUBEFORGE_SERVE_* variables (kubeforge.config.ServeConf
 The model is found through KUBEFORGE_MODEL_DIR, or, inside a built Bento, through the BentoML model tag in
 KUBEFORGE_MODEL_TAG (default ``kubeforge-model:latest``), which `bentoml build` copies into the Bento.
 
-Endpoints: POST /predict (kubeforge.serving.http, mounted on the service), GET /livez, GET /readyz (200 only after the
-model loaded and a warm-up inference ran), GET /metrics (Prometheus), GET /docs.json (OpenAPI).
+Endpoints: POST /predict and the Open Inference Protocol v2 (/v2/...), answered by kubeforge's front door
+(kubeforge.serving.frontdoor, kubeforge.serving.http) after admission control (kubeforge.serving.admission); GET
+/schema.json and /docs.json (OpenAPI 3); and BentoML's GET /livez, GET /readyz (200 only after the model loaded and a
+warm-up inference ran) and GET /metrics (Prometheus).
 """
 
 from __future__ import annotations
@@ -20,8 +22,11 @@ import time
 import bentoml
 
 from kubeforge.config import ServeConfig
-from kubeforge.serving.http import PREDICT_PATH, PredictAPI, ServingState
-from kubeforge.serving.limits import ConcurrencyLimit, PayloadLimit
+from kubeforge.serving.admission import Admission, AdmissionPolicy
+from kubeforge.serving.frontdoor import FrontDoor, FrontDoorService
+from kubeforge.serving.http import PREDICT_PATH, Handlers, ServingState
+from kubeforge.serving.limits import PayloadLimit
+from kubeforge.serving.meters import LocalHistogram, Meters
 from kubeforge.serving.runtime import ModelRuntime
 
 MODEL_DIR_ENV = "KUBEFORGE_MODEL_DIR"
@@ -30,23 +35,36 @@ WARMUP_DELAY_ENV = "KUBEFORGE_SERVE_WARMUP_DELAY_S"  # lets tests observe the no
 DEFAULT_MODEL_TAG = "kubeforge-model:latest"
 
 CONFIG = ServeConfig.from_env()
-STATE = ServingState()
+METERS = Meters()
+
+
+def admission_policy(config: ServeConfig) -> AdmissionPolicy:
+    """The pod-wide settings split evenly across the pod's workers (each worker admits on its own)."""
+    def per_worker(count: int) -> int:
+        return math.ceil(count / config.workers)
+
+    return AdmissionPolicy(max_concurrency=per_worker(config.max_concurrency), max_queue=per_worker(config.max_queue),
+                           deadline_s=config.max_latency_ms / 1000, mode=config.limit_mode,
+                           latency_target_s=config.latency_target_ms / 1000,
+                           min_concurrency=per_worker(config.min_concurrency), retry_after_s=config.retry_after_s)
+
+
+STATE = ServingState(admission=Admission(admission_policy(CONFIG), METERS, service="classifier"),
+                     model_name=CONFIG.model_name, max_payload_bytes=CONFIG.max_payload_bytes)
+HANDLERS = Handlers(STATE)
 logger = logging.getLogger("kubeforge.serving")
 
 
-def _traces_are_collected() -> bool:
-    from bentoml._internal.configuration.containers import BentoMLContainer
-
-    tracing = BentoMLContainer.config.tracing
-    return tracing.exporter_type.get() is not None and (tracing.sample_rate.get() or 0) > 0
+BATCH_ROWS = METERS.add(LocalHistogram("kubeforge_inference_batch_rows",
+                                       "rows per inference call (requests merged by batching)",
+                                       (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)))
 
 
-def _batch_rows_histogram():
-    """Rows per inference call, in /metrics: shows whether batching merges requests under the live load."""
-    from prometheus_client import Histogram  # imported in the worker, after BentoML set up multiprocess metrics
-
-    return Histogram("kubeforge_inference_batch_rows", "rows per inference call (requests merged by batching)",
-                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096))
+def front_door(app):
+    """BentoML's app behind kubeforge's routes (FrontDoorService calls this in each worker)."""
+    return FrontDoor(app, routes={PREDICT_PATH: HANDLERS.predict, "/schema.json": HANDLERS.document,
+                                  "/docs.json": HANDLERS.document},
+                     prefixes={"/v2": HANDLERS.v2}, meters=METERS)
 
 
 def _model_dir() -> str:
@@ -57,17 +75,17 @@ def _model_dir() -> str:
 
 @bentoml.service(
     name="kubeforge-classifier",
+    service_class=FrontDoorService,
     workers=CONFIG.workers,
-    traffic={"timeout": CONFIG.timeout_s},  # max_concurrency: ConcurrencyLimit below (503, not BentoML's 429)
+    traffic={"timeout": CONFIG.timeout_s},  # max_concurrency: kubeforge's admission (503, not BentoML's 429)
     endpoints={"livez": "/livez", "readyz": "/readyz"},
     # one log line per request costs more than an int8 inference; request counts and latency are in /metrics
     logging={"access": {"enabled": False}},
-    # a span per prediction costs more than the inference: make spans only when BentoML's config sends them somewhere
-    tracing={} if _traces_are_collected() else {"excluded_urls": [PREDICT_PATH]},
 )
-@bentoml.asgi_app(PredictAPI(STATE), path="/")
 class KubeforgeClassifier:
-    """Loads the model in the background; /predict is served by the mounted route in kubeforge.serving.http."""
+    """Loads the model in the background; /predict and /v2 are served by the front door (kubeforge.serving.http)."""
+
+    __front_door__ = staticmethod(front_door)
 
     def __init__(self) -> None:
         # Load in the background so the server answers at once: /readyz says 503 (not a connection timeout) until
@@ -84,7 +102,7 @@ class KubeforgeClassifier:
             # collection walks only per-request garbage instead of every module and model object (no tail stalls).
             gc.collect()
             gc.freeze()
-            STATE.serve(runtime, on_batch=_batch_rows_histogram().observe)
+            STATE.serve(runtime, on_batch=BATCH_ROWS.observe)
         except Exception as exc:  # surfaced through /livez and the log
             STATE.load_error = f"{type(exc).__name__}: {exc}"
             logger.error("model failed to load: %s", STATE.load_error)
@@ -96,5 +114,4 @@ class KubeforgeClassifier:
         return STATE.load_error is None
 
 
-KubeforgeClassifier.add_asgi_middleware(ConcurrencyLimit, limit=math.ceil(CONFIG.max_concurrency / CONFIG.workers))
 KubeforgeClassifier.add_asgi_middleware(PayloadLimit, max_bytes=CONFIG.max_payload_bytes)

@@ -96,9 +96,32 @@ def test_serving_values_are_exactly_the_serve_config(render):
     assert set(values["serving"]) == set(ServeConfig.model_fields)
     assert set(schema["properties"]["serving"]["properties"]) == set(ServeConfig.model_fields)
     env = {e["name"]: e["value"] for e in pod_spec(render.objects())["containers"][0]["env"]}
+    def as_rendered(value: str) -> str:  # YAML numbers come out without a trailing ".0"
+        try:
+            return str(int(float(value))) if float(value).is_integer() else value
+        except ValueError:
+            return value
+
     assert {k: v for k, v in env.items() if k.startswith("KUBEFORGE_SERVE_")} == {
-        k: (str(int(float(v))) if float(v).is_integer() else v) for k, v in ServeConfig().to_env().items()}
+        k: as_rendered(v) for k, v in ServeConfig().to_env().items()}
     assert ServeConfig.from_env(env) == ServeConfig()
+
+
+def test_admission_settings_reach_the_pod(render):
+    env = {e["name"]: e["value"] for e in pod_spec(render.objects(
+        "--set", "serving.limit_mode=fixed", "--set", "serving.max_queue=32", "--set", "serving.model_name=digits"))[
+        "containers"][0]["env"]}
+    config = ServeConfig.from_env(env)
+    assert (config.limit_mode, config.max_queue, config.model_name) == ("fixed", 32, "digits")
+
+
+def test_the_hpa_scales_on_admission_metrics_only_when_asked(render):
+    (hpa,) = by_kind(render.objects("-f", str(CHART / "ci" / "production-values.yaml")), "HorizontalPodAutoscaler")
+    pods = {m["pods"]["metric"]["name"]: m["pods"]["target"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"}
+    assert pods == {"kubeforge_admission_in_flight": {"type": "AverageValue", "averageValue": "48"},
+                    "kubeforge_admission_shed_per_second": {"type": "AverageValue", "averageValue": "0.5"}}
+    (plain,) = by_kind(render.objects("--set", "autoscaling.enabled=true"), "HorizontalPodAutoscaler")
+    assert [m["type"] for m in plain["spec"]["metrics"]] == ["Resource"]
 
 
 def test_helm_test_hook_calls_readyz(render):
@@ -130,6 +153,8 @@ def test_guardrails_refuse_contradictions(render, args, message):
     (["--set", "gpu.resource=amd.com/gpu"], "/gpu/resource"),
     (["--set", "unknownTopLevel=1"], "additional properties 'unknownTopLevel' not allowed"),
     (["--set", "image.digest=latest"], "/image/digest"),
+    (["--set", "serving.limit_mode=sometimes"], "/serving/limit_mode"),
+    (["--set", "serving.model_name=Not_A_Label"], "/serving/model_name"),
 ])
 def test_schema_rejects_wrong_types_and_unknown_keys(render, args, message):
     assert message in render.error(*args)

@@ -2,6 +2,7 @@ import asyncio
 import time
 
 import numpy as np
+import pytest
 
 from kubeforge.serving.batching import MicroBatcher, Overloaded
 
@@ -27,7 +28,7 @@ async def concurrently(batcher: MicroBatcher, requests: list[np.ndarray]) -> lis
 
 def test_concurrent_requests_share_calls_and_get_their_own_rows():
     model = Recorder()
-    batcher = MicroBatcher(model, max_batch_size=64, max_latency_ms=1000)
+    batcher = MicroBatcher(model, max_batch_size=64)
     requests = [rows(float(i)) for i in range(1, 21)] + [rows(7.0, 9.0)]
     answers = asyncio.run(concurrently(batcher, requests))
     for request, answer in zip(requests, answers, strict=True):
@@ -37,7 +38,7 @@ def test_concurrent_requests_share_calls_and_get_their_own_rows():
 
 def test_batches_never_exceed_max_batch_size():
     model = Recorder()
-    batcher = MicroBatcher(model, max_batch_size=4, max_latency_ms=1000)
+    batcher = MicroBatcher(model, max_batch_size=4)
     answers = asyncio.run(concurrently(batcher, [rows(float(i), float(i)) for i in range(1, 11)]))
     assert len(answers) == 10 and max(model.batch_sizes) <= 4
     assert sum(model.batch_sizes) == 20
@@ -45,43 +46,42 @@ def test_batches_never_exceed_max_batch_size():
 
 def test_batch_size_one_or_a_full_request_goes_straight_to_the_model():
     model = Recorder()
-    off = MicroBatcher(model, max_batch_size=1, max_latency_ms=1000)
+    off = MicroBatcher(model, max_batch_size=1)
     asyncio.run(concurrently(off, [rows(1.0), rows(2.0), rows(3.0)]))
     assert model.batch_sizes == [1, 1, 1] and not off.enabled
-    full = MicroBatcher(model, max_batch_size=2, max_latency_ms=1000)
+    full = MicroBatcher(model, max_batch_size=2)
     asyncio.run(concurrently(full, [rows(1.0, 2.0)]))
     assert model.batch_sizes[-1] == 2 and full.calls == 1
 
 
-def test_a_request_left_behind_full_batches_past_the_budget_gets_overloaded():
+def test_a_request_whose_deadline_passed_is_dropped_before_inference_and_the_next_is_served():
     model = Recorder()
 
     def slow(X: np.ndarray) -> np.ndarray:
-        time.sleep(0.02)  # a backlog: the batch in front takes longer than the budget
+        time.sleep(0.03)  # a backlog: the batch in front takes longer than the waiting requests' deadlines
         return model(X)
 
-    batcher = MicroBatcher(slow, max_batch_size=2, max_latency_ms=5)
+    batcher = MicroBatcher(slow, max_batch_size=2)
 
     async def scenario():
-        results = await asyncio.gather(*(batcher.predict(rows(float(i))) for i in range(1, 4)),
+        deadline = time.monotonic() + 0.01
+        results = await asyncio.gather(*(batcher.predict(rows(float(i)), deadline) for i in range(1, 4)),
                                        return_exceptions=True)
         assert [isinstance(r, np.ndarray) for r in results] == [True, True, False]
-        assert isinstance(results[2], Overloaded) and "max_latency_ms=5" in str(results[2])
-        return await batcher.predict(rows(4.0))  # the next request is served
+        assert isinstance(results[2], Overloaded) and "deadline" in str(results[2])
+        return await batcher.predict(rows(4.0), time.monotonic() + 1)
 
-    assert np.allclose(asyncio.run(scenario()), model(rows(4.0)))
+    served = asyncio.run(scenario())
+    assert model.batch_sizes == [2, 1]  # the dropped row never reached the model
+    assert np.allclose(served, model(rows(4.0)))
 
 
-def test_a_scheduling_stall_alone_sheds_nothing():
-    batcher = MicroBatcher(Recorder(), max_batch_size=8, max_latency_ms=5)
-
-    async def scenario():
-        queued = [asyncio.ensure_future(batcher.predict(rows(float(i)))) for i in (1, 2)]
-        await asyncio.sleep(0)
-        time.sleep(0.02)  # the loop is stalled past the budget before the batcher runs; both still fit one batch
-        return await asyncio.gather(*queued)
-
-    assert len(asyncio.run(scenario())) == 2 and batcher.calls == 1
+def test_a_past_deadline_skips_even_an_unbatched_inference():
+    model = Recorder()
+    batcher = MicroBatcher(model, max_batch_size=1)
+    with pytest.raises(Overloaded):
+        asyncio.run(batcher.predict(rows(1.0), time.monotonic() - 0.001))
+    assert model.batch_sizes == []
 
 
 def test_a_failing_model_fails_its_requests_and_the_batcher_keeps_serving():
@@ -93,7 +93,7 @@ def test_a_failing_model_fails_its_requests_and_the_batcher_keeps_serving():
             raise RuntimeError("model exploded")
         return X
 
-    batcher = MicroBatcher(flaky, max_batch_size=8, max_latency_ms=1000)
+    batcher = MicroBatcher(flaky, max_batch_size=8)
 
     async def scenario():
         first = await asyncio.gather(batcher.predict(rows(1.0)), batcher.predict(rows(2.0)), return_exceptions=True)

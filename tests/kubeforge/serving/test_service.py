@@ -1,76 +1,18 @@
 """The real BentoML server on a loopback port, spoken to over HTTP."""
 
 import json
-import os
 import socket
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
 from kubeforge.compression.artifact import load_predictor
+from tests.kubeforge.serving.conftest import Server
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
-STARTUP_TIMEOUT_S = 120
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Server:
-    def __init__(self, model_dir: Path, tmp: Path, **env: str):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        bentoml = Path(sys.executable).parent / "bentoml"
-        self.log = open(tmp / f"server-{self.port}.log", "w")
-        self.process = subprocess.Popen(
-            [str(bentoml), "serve", "kubeforge.serving.service:KubeforgeClassifier", "--host", "127.0.0.1",
-             "--port", str(self.port)],
-            env={**os.environ, "KUBEFORGE_MODEL_DIR": str(model_dir), "BENTOML_HOME": str(tmp / "bentoml"),
-                 "KUBEFORGE_SERVE_MAX_INSTANCES": "8", "KUBEFORGE_SERVE_MAX_PAYLOAD_BYTES": "65536", **env},
-            stdout=self.log, stderr=subprocess.STDOUT, cwd=tmp)
-
-    def wait(self, path: str, status: int, timeout: float = STARTUP_TIMEOUT_S) -> list[int]:
-        seen = []
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, Path(self.log.name).read_text()[-3000:]
-            try:
-                code = httpx.get(self.url + path, timeout=2).status_code
-                seen.append(code)
-                if code == status:
-                    return seen
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"{path} never returned {status}; seen {sorted(set(seen))}\n"
-                             + Path(self.log.name).read_text()[-3000:])
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-        self.log.close()
-
-
-@pytest.fixture(scope="module")
-def server(served_model_dir, tmp_path_factory):
-    running = Server(served_model_dir, tmp_path_factory.mktemp("server"))
-    try:
-        running.wait("/readyz", 200)
-        yield running
-    finally:
-        running.stop()
 
 
 def predict(server, body, **kwargs):
@@ -116,10 +58,15 @@ def test_bad_input_gets_4xx_and_the_server_keeps_serving(server, name, request_k
     assert predict(server, {"instances": [[0.0] * 64]}).status_code == 200
 
 
-def test_metrics_count_requests(server):
+def test_metrics_count_requests_and_admission(server):
     predict(server, {"instances": [[0.0] * 64]})
+    time.sleep(0.6)  # kubeforge's counters reach Prometheus within a flush interval (0.25 s)
     metrics = httpx.get(server.url + "/metrics", timeout=5).text
-    assert "bentoml_service_request_total" in metrics and 'endpoint="/predict"' in metrics
+    assert 'kubeforge_http_requests_total{route="/predict",status="200"}' in metrics
+    assert 'kubeforge_http_request_duration_seconds_bucket{le="0.0005",route="/predict"}' in metrics
+    for name in ("kubeforge_admission_admitted_total", "kubeforge_admission_limit",
+                 "kubeforge_admission_in_flight"):
+        assert name + '{service="classifier"}' in metrics, name
 
 
 def test_a_model_that_cannot_load_fails_liveness(tmp_path):
@@ -131,11 +78,18 @@ def test_a_model_that_cannot_load_fails_liveness(tmp_path):
         broken.stop()
 
 
-def test_openapi_document_is_served(server):
-    document = httpx.get(server.url + "/docs.json", timeout=5).json()
+def test_openapi_document_describes_predict_exactly(server, digits):
+    document = httpx.get(server.url + "/schema.json", timeout=5).json()
+    assert document == httpx.get(server.url + "/docs.json", timeout=5).json()
     assert document["openapi"].startswith("3.")
-    assert "/predict" in document["paths"] and "post" in document["paths"]["/predict"]
-    assert "/livez" in document["paths"] and "/readyz" in document["paths"]
+    post = document["paths"]["/predict"]["post"]
+    row = post["requestBody"]["content"]["application/json"]["schema"]["properties"]["instances"]["items"]
+    assert row["oneOf"][0]["minItems"] == row["oneOf"][0]["maxItems"] == 64
+    assert row["oneOf"][1]["required"] == digits.feature_names
+    prediction = post["responses"]["200"]["content"]["application/json"]["schema"]["properties"]["predictions"]
+    assert prediction["items"]["properties"]["class_name"]["enum"] == digits.class_names
+    assert post["responses"]["400"]["content"]["application/json"]["schema"]["items"]["required"] == ["error"]
+    assert {"/v2/models/{model_name}/infer", "/livez", "/readyz", "/metrics"} <= set(document["paths"])
 
 
 def test_not_ready_until_warm_up_ran(served_model_dir, tmp_path):
@@ -143,7 +97,8 @@ def test_not_ready_until_warm_up_ran(served_model_dir, tmp_path):
     try:
         seen = slow.wait("/readyz", 503, timeout=60)
         early = httpx.post(slow.url + "/predict", json={"instances": [[0.0] * 64]}, timeout=5)
-        assert early.status_code == 503  # BentoML masks 5xx bodies; the reason is in the server log
+        assert early.status_code == 503 and early.headers["retry-after"] == "1"
+        assert "still loading" in early.json()[0]["error"]
         assert httpx.get(slow.url + "/livez", timeout=5).status_code == 200
         seen += slow.wait("/readyz", 200)
         assert seen[-1] == 200 and 503 in seen
@@ -168,27 +123,32 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_rows(server, serv
     assert buckets["+Inf"] > buckets["4.0"], metrics[-2000:]
 
 
-def test_requests_beyond_max_concurrency_get_503(served_model_dir, tmp_path):
-    limited = Server(served_model_dir, tmp_path, KUBEFORGE_SERVE_MAX_CONCURRENCY="1", KUBEFORGE_SERVE_WORKERS="1")
+def test_beyond_the_limit_a_request_is_shed_before_its_body_is_read(served_model_dir, tmp_path):
+    limited = Server(served_model_dir, tmp_path, KUBEFORGE_SERVE_MAX_CONCURRENCY="1",
+                     KUBEFORGE_SERVE_MIN_CONCURRENCY="1", KUBEFORGE_SERVE_LIMIT_MODE="fixed",
+                     KUBEFORGE_SERVE_RETRY_AFTER_S="2")
     body = json.dumps({"instances": [[0.0] * 64]}).encode()
-
-    def slow_upload():  # holds the only slot while its body trickles in
-        yield body[:10]
-        time.sleep(2)
-        yield body[10:]
-
+    head = (f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
     try:
         limited.wait("/readyz", 200)
-        with ThreadPoolExecutor(1) as pool:
-            holder = pool.submit(httpx.post, limited.url + "/predict", content=slow_upload(),
-                                 headers={"content-type": "application/json"}, timeout=20)
-            time.sleep(0.8)
-            refused = httpx.post(limited.url + "/predict", content=body, timeout=10)
-            assert refused.status_code == 503, refused.text
-            assert "max_concurrency" in refused.json()[0]["error"]
+        with socket.create_connection(("127.0.0.1", limited.port)) as holder, \
+                socket.create_connection(("127.0.0.1", limited.port)) as refused:
+            holder.sendall(head + body[:10])  # admitted: holds the only slot while its body trickles in
+            time.sleep(0.5)
+            refused.sendall(head)  # headers only: the refusal must not wait for a body
+            refused.settimeout(10)
+            answer = refused.recv(65536).decode()
+            assert answer.startswith("HTTP/1.1 503"), answer
+            assert "retry-after: 2" in answer.lower() and "concurrency limit" in answer
             assert httpx.get(limited.url + "/readyz", timeout=5).status_code == 200  # probes are not limited
-            assert holder.result().status_code == 200
+            holder.sendall(body[10:])
+            holder.settimeout(10)
+            assert holder.recv(65536).decode().startswith("HTTP/1.1 200")
         assert httpx.post(limited.url + "/predict", content=body, timeout=10).status_code == 200
+        time.sleep(0.6)
+        metrics = httpx.get(limited.url + "/metrics", timeout=5).text
+        assert 'kubeforge_admission_shed_total{reason="concurrency_limit",service="classifier"} 1.0' in metrics
     finally:
         limited.stop()
 

@@ -1,0 +1,241 @@
+"""Admission control: admit a request or shed it, with a reason, before any of its work is done.
+
+One module for every kubeforge service (the classifier now, the language-model service later): the core knows
+nothing about HTTP bodies, models or batches. A request is admitted while fewer than ``limit`` requests are in flight;
+beyond that it may wait in a bounded FIFO queue for a slot; beyond the queue it is shed at once. A request that has
+not started its work by its deadline (arrival + ``deadline_s``) is dropped before the work (``late``), never after.
+
+The limit is either fixed (``max_concurrency``, sized from measured capacity: throughput x latency target, Little's
+law) or adaptive: the same law applied to the live completion rate once per window (0.1 s or the target, whichever
+is longer), so the limit follows the server's capacity when a neighbour takes the CPU; windows whose mean latency
+misses ``latency_target_s`` may halve it, never below ``min_concurrency``. Shedding is a counter increment and a
+503 with Retry-After: microseconds, so an overloaded server spends its CPU on the requests it admitted.
+
+Metrics (``kubeforge_admission_*``, labelled by service): admitted, shed by reason, timed out (counters); current
+limit, in flight, queue length (gauges, summed over a pod's workers), all through kubeforge.serving.meters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from kubeforge.serving.meters import LocalCounter, Meters, SampledGauge
+
+LimitMode = Literal["adaptive", "fixed"]
+# Why a request was shed; the values are the `reason` label of kubeforge_admission_shed_total.
+SHED_LIMIT = "concurrency_limit"  # the limit is reached and there is no queue
+SHED_QUEUE_FULL = "queue_full"  # the limit is reached and the queue is full
+SHED_DEADLINE = "deadline"  # waited in the queue until its deadline; also counted as timed out
+SHED_NOT_READY = "not_ready"  # the service cannot serve yet (model loading)
+SHED_REASONS = (SHED_LIMIT, SHED_QUEUE_FULL, SHED_DEADLINE, SHED_NOT_READY)
+
+ADAPT_WINDOW_S = 0.1  # the adaptive limit is re-estimated at most this often (or once per latency target)
+SMOOTHING = 0.5  # weight of the previous limit
+
+
+@dataclass(frozen=True)
+class AdmissionPolicy:
+    """The rule, per worker. ``max_concurrency`` is the fixed limit, or the adaptive limit's ceiling."""
+
+    max_concurrency: int
+    max_queue: int = 0
+    deadline_s: float = 1.0
+    mode: LimitMode = "adaptive"
+    latency_target_s: float = 0.05
+    min_concurrency: int = 1
+    retry_after_s: int = 1
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_concurrency <= self.max_concurrency:
+            raise ValueError(f"need 1 <= min_concurrency ({self.min_concurrency}) <= max_concurrency "
+                             f"({self.max_concurrency})")
+        if self.max_queue < 0 or self.deadline_s <= 0 or self.latency_target_s <= 0 or self.retry_after_s < 0:
+            raise ValueError("max_queue and retry_after_s must be >= 0, deadline_s and latency_target_s > 0")
+        if self.mode not in ("adaptive", "fixed"):
+            raise ValueError(f"mode must be 'adaptive' or 'fixed', not {self.mode!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Shed:
+    """A refusal: answer 503 with ``Retry-After: retry_after_s`` and the message."""
+
+    reason: str
+    message: str
+    retry_after_s: int
+
+
+class Ticket:
+    """An admitted request: when it arrived and by when its work must start."""
+
+    __slots__ = ("arrived", "deadline", "_waiter", "_timer")
+
+    def __init__(self, arrived: float, deadline: float):
+        self.arrived = arrived
+        self.deadline = deadline
+        self._waiter: asyncio.Future | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+
+class AdmissionMetrics:
+    """The Prometheus side of one Admission; registered with the worker's Meters."""
+
+    def __init__(self, admission: Admission, meters: Meters, service: str):
+        labels = {"service": service}
+        self.service = (service,)
+        self.admitted = meters.add(LocalCounter("kubeforge_admission_admitted_total",
+                                                "requests admitted to work", ["service"]))
+        self.shed = meters.add(LocalCounter("kubeforge_admission_shed_total",
+                                            "requests refused with 503 before any work, by reason",
+                                            ["service", "reason"]))
+        self.timed_out = meters.add(LocalCounter("kubeforge_admission_timed_out_total",
+                                                 "admitted or queued requests dropped at their deadline, before work",
+                                                 ["service"]))
+        meters.add(SampledGauge("kubeforge_admission_limit", "current concurrency limit (sum over workers)",
+                                lambda: admission.current_limit, labels))
+        meters.add(SampledGauge("kubeforge_admission_in_flight", "requests admitted and not finished",
+                                lambda: admission.in_flight, labels))
+        meters.add(SampledGauge("kubeforge_admission_queue_length", "requests waiting for a slot",
+                                lambda: len(admission.queue), labels))
+
+
+class Admission:
+    """Admit or shed, per worker; single-threaded (one asyncio event loop), so no locks."""
+
+    def __init__(self, policy: AdmissionPolicy, meters: Meters | None = None, service: str = "kubeforge",
+                 clock: Callable[[], float] = time.monotonic):
+        self.policy = policy
+        self.clock = clock
+        # adaptive starts at the ceiling: a fresh server takes a burst, and the first windows size the limit down
+        self.limit = float(policy.max_concurrency)
+        self.in_flight = 0
+        self.queue: deque[Ticket] = deque()
+        self._window = max(ADAPT_WINDOW_S, policy.latency_target_s)
+        self._window_start = clock()
+        self._completed, self._latency_sum = 0, 0.0
+        self.metrics = AdmissionMetrics(self, meters, service) if meters is not None else None
+        retry = policy.retry_after_s
+        self._shed_limit = Shed(SHED_LIMIT, "overloaded: the concurrency limit is reached; retry later", retry)
+        self._shed_full = Shed(SHED_QUEUE_FULL, "overloaded: the admission queue is full; retry later", retry)
+        self._shed_deadline = Shed(SHED_DEADLINE, "overloaded: waited for a slot until the deadline; retry later",
+                                   retry)
+
+    @property
+    def current_limit(self) -> int:
+        return int(self.limit)
+
+    def admit(self) -> Ticket | Shed:
+        """A slot now, or a refusal now; never waits. The caller has read nothing of the request's body."""
+        now = self.clock()
+        if self.in_flight < self.limit:
+            self.in_flight += 1
+            if self.metrics:
+                self.metrics.admitted.inc(self.metrics.service)
+            return Ticket(now, now + self.policy.deadline_s)
+        return self.shed(self._shed_limit if self.policy.max_queue == 0 else self._shed_full)
+
+    async def enter(self) -> Ticket | Shed:
+        """A slot now, or after waiting in the bounded queue; shed when the queue is full or the deadline passes."""
+        if self.in_flight < self.limit or self.policy.max_queue == 0:
+            return self.admit()
+        if len(self.queue) >= self.policy.max_queue:
+            return self.shed(self._shed_full)
+        now = self.clock()
+        ticket = Ticket(now, now + self.policy.deadline_s)
+        loop = asyncio.get_running_loop()
+        ticket._waiter = loop.create_future()
+        ticket._timer = loop.call_later(self.policy.deadline_s, self._expire, ticket)
+        self.queue.append(ticket)
+        try:
+            admitted = await ticket._waiter
+        except asyncio.CancelledError:  # the client went away while queued
+            self._forget(ticket)
+            if ticket._waiter.done() and not ticket._waiter.cancelled() and ticket._waiter.result():
+                self.in_flight -= 1  # a slot was handed over just before the cancellation: give it on
+                self._hand_over()
+            raise
+        if not admitted:
+            self.timed_out(counted_as_shed=True)
+            return self._shed_deadline
+        if self.metrics:
+            self.metrics.admitted.inc(self.metrics.service)
+        return ticket
+
+    def shed(self, refusal: Shed) -> Shed:
+        if self.metrics:
+            self.metrics.shed.inc((*self.metrics.service, refusal.reason))
+        return refusal
+
+    def refuse_not_ready(self, message: str) -> Shed:
+        return self.shed(Shed(SHED_NOT_READY, message, self.policy.retry_after_s))
+
+    def received(self, ticket: Ticket) -> None:
+        """The request is fully received: its deadline counts from now, so a slow upload is not held against it."""
+        ticket.deadline = self.clock() + self.policy.deadline_s
+
+    def late(self, ticket: Ticket) -> bool:
+        """True when the request's work can no longer start by its deadline: drop it before the work."""
+        if self.clock() <= ticket.deadline:
+            return False
+        self.timed_out()
+        return True
+
+    def timed_out(self, counted_as_shed: bool = False) -> None:
+        if self.metrics:
+            self.metrics.timed_out.inc(self.metrics.service)
+            if counted_as_shed:
+                self.metrics.shed.inc((*self.metrics.service, SHED_DEADLINE))
+
+    def done(self, ticket: Ticket) -> None:
+        """Release the slot; the latency since arrival steers the adaptive limit."""
+        self.in_flight -= 1
+        if self.policy.mode == "adaptive":
+            now = self.clock()
+            self._adapt(now - ticket.arrived, now)
+        if self.queue:
+            self._hand_over()
+
+    def _adapt(self, latency: float, now: float) -> None:
+        """Little's law once per window: the requests that fit in the latency target at the measured completion
+        rate, scaled by how far the window's mean latency is from the target; smoothed, within the bounds."""
+        self._completed += 1
+        self._latency_sum += latency
+        elapsed = now - self._window_start
+        if elapsed < self._window:
+            return
+        policy = self.policy
+        rate, mean = self._completed / elapsed, self._latency_sum / self._completed
+        fits = rate * policy.latency_target_s
+        # an unsaturated server (the limit did not hold anyone back) may grow toward what fits; never shrink it for
+        # serving fast, and halve at most per window when requests miss the target
+        target = max(fits, self.limit) if mean <= policy.latency_target_s else max(fits, self.limit / 2)
+        self.limit = min(float(policy.max_concurrency),
+                         max(float(policy.min_concurrency), SMOOTHING * self.limit + (1 - SMOOTHING) * target))
+        self._window_start, self._completed, self._latency_sum = now, 0, 0.0
+
+    def _hand_over(self) -> None:
+        """Give free slots to queued requests in arrival order."""
+        while self.queue and self.in_flight < self.limit:
+            ticket = self.queue.popleft()
+            if ticket._waiter is None or ticket._waiter.done():
+                continue
+            ticket._timer.cancel()
+            self.in_flight += 1
+            ticket._waiter.set_result(True)
+
+    def _expire(self, ticket: Ticket) -> None:
+        self._forget(ticket)
+        if ticket._waiter is not None and not ticket._waiter.done():
+            ticket._waiter.set_result(False)
+
+    def _forget(self, ticket: Ticket) -> None:
+        try:
+            self.queue.remove(ticket)
+        except ValueError:
+            pass
+        if ticket._timer is not None:
+            ticket._timer.cancel()

@@ -1,0 +1,149 @@
+import asyncio
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from kubeforge.serving.admission import (SHED_DEADLINE, SHED_LIMIT, SHED_NOT_READY, SHED_QUEUE_FULL, Admission,
+                                         AdmissionPolicy, Shed, Ticket)
+from kubeforge.serving.meters import Meters
+
+
+class Clock:
+    """A clock the test moves by hand, so deadlines and windows are exact."""
+
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def fixed(limit: int, **kwargs) -> AdmissionPolicy:
+    return AdmissionPolicy(max_concurrency=limit, mode="fixed", min_concurrency=1, **kwargs)
+
+
+def test_a_fixed_limit_admits_up_to_the_limit_then_sheds_at_once_with_the_reason():
+    admission = Admission(fixed(2, retry_after_s=3))
+    first, second = admission.admit(), admission.admit()
+    assert isinstance(first, Ticket) and isinstance(second, Ticket) and admission.in_flight == 2
+    refused = admission.admit()
+    assert refused == Shed(SHED_LIMIT, refused.message, 3) and "concurrency limit" in refused.message
+    admission.done(first)
+    assert isinstance(admission.admit(), Ticket)
+
+
+def test_metrics_count_admitted_shed_by_reason_and_timed_out_and_sample_the_gauges():
+    registry = CollectorRegistry()
+    meters = Meters(registry)
+    clock = Clock()
+    admission = Admission(fixed(1, deadline_s=0.05), meters, service="test", clock=clock)
+    ticket = admission.admit()
+    admission.admit()
+    admission.refuse_not_ready("loading")
+    clock.now += 0.06
+    assert admission.late(ticket)
+    meters.flush()
+    value = registry.get_sample_value
+    assert value("kubeforge_admission_admitted_total", {"service": "test"}) == 1
+    assert value("kubeforge_admission_shed_total", {"service": "test", "reason": SHED_LIMIT}) == 1
+    assert value("kubeforge_admission_shed_total", {"service": "test", "reason": SHED_NOT_READY}) == 1
+    assert value("kubeforge_admission_timed_out_total", {"service": "test"}) == 1
+    assert value("kubeforge_admission_in_flight", {"service": "test"}) == 1
+    assert value("kubeforge_admission_limit", {"service": "test"}) == 1
+    assert value("kubeforge_admission_queue_length", {"service": "test"}) == 0
+
+
+def test_late_is_false_until_the_deadline_passes():
+    clock = Clock()
+    admission = Admission(fixed(4, deadline_s=0.02), clock=clock)
+    ticket = admission.admit()
+    clock.now += 0.019
+    assert not admission.late(ticket)
+    clock.now += 0.002
+    assert admission.late(ticket)
+    admission.received(ticket)  # the body arrived only now: the deadline counts from here
+    assert not admission.late(ticket)
+
+
+def test_queued_requests_get_freed_slots_in_arrival_order_and_the_full_queue_sheds():
+    async def scenario():
+        admission = Admission(fixed(1, max_queue=2, deadline_s=5))
+        holder = await admission.enter()
+        waiting = [asyncio.ensure_future(admission.enter()) for _ in range(2)]
+        await asyncio.sleep(0)
+        assert len(admission.queue) == 2
+        assert (await admission.enter()).reason == SHED_QUEUE_FULL  # limit and queue both full: shed at once
+        admission.done(holder)
+        first = await waiting[0]
+        assert isinstance(first, Ticket) and not waiting[1].done()
+        admission.done(first)
+        second = await waiting[1]
+        assert isinstance(second, Ticket) and admission.in_flight == 1 and not admission.queue
+
+    asyncio.run(scenario())
+
+
+def test_a_queued_request_is_shed_at_its_deadline_without_waiting_longer():
+    async def scenario():
+        admission = Admission(fixed(1, max_queue=4, deadline_s=0.05))
+        await admission.enter()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        refused = await admission.enter()
+        assert refused.reason == SHED_DEADLINE
+        assert 0.04 <= loop.time() - started < 1.0
+        assert not admission.queue and admission.in_flight == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_queued_request_whose_client_left_gives_its_slot_on():
+    async def scenario():
+        admission = Admission(fixed(1, max_queue=4, deadline_s=5))
+        holder = await admission.enter()
+        gone = asyncio.ensure_future(admission.enter())
+        stays = asyncio.ensure_future(admission.enter())
+        await asyncio.sleep(0)
+        gone.cancel()
+        await asyncio.sleep(0)
+        admission.done(holder)
+        assert isinstance(await stays, Ticket) and admission.in_flight == 1
+
+    asyncio.run(scenario())
+
+
+def closed_loop(admission: Admission, clock: Clock, latency_s: float, windows: int) -> None:
+    """Clients that keep the limit full; every request takes ``latency_s``."""
+    for _ in range(windows):
+        end = clock.now + 0.1
+        while clock.now < end:
+            tickets = [admission.admit() for _ in range(admission.current_limit)]
+            assert all(isinstance(ticket, Ticket) for ticket in tickets)
+            clock.now += latency_s
+            for ticket in tickets:
+                admission.done(ticket)
+
+
+def test_the_adaptive_limit_grows_to_what_fits_the_target_and_shrinks_when_requests_miss_it():
+    clock = Clock()
+    policy = AdmissionPolicy(max_concurrency=300, min_concurrency=4, mode="adaptive", latency_target_s=0.02)
+    admission = Admission(policy, clock=clock)
+    assert admission.current_limit == 300  # starts at the ceiling: a fresh server takes a burst
+    closed_loop(admission, clock, 0.05, windows=10)  # each request takes 50 ms, beyond the 20 ms target
+    assert 4 <= admission.current_limit < 300 / 4
+    closed_loop(admission, clock, 0.05, windows=30)
+    assert admission.current_limit == 4  # never below the floor
+    closed_loop(admission, clock, 0.001, windows=2)  # 4 in flight done in 1 ms: 4000/s, of which 80 fit in 20 ms
+    assert 30 <= admission.current_limit <= 100
+    closed_loop(admission, clock, 0.001, windows=10)
+    assert admission.current_limit == 300  # back at the ceiling
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"max_concurrency": 2, "min_concurrency": 3}, "min_concurrency"),
+    ({"max_concurrency": 2, "deadline_s": 0}, "deadline_s"),
+    ({"max_concurrency": 2, "mode": "sometimes"}, "mode"),
+])
+def test_a_contradictory_policy_is_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        AdmissionPolicy(**kwargs)

@@ -416,19 +416,28 @@ def job_render(
     param: ParamOption = None,
     image: Annotated[str, typer.Option(help="training image (default: the platform file's image)")] = "",
     service_account: Annotated[str, typer.Option(help="ServiceAccount of the job's pods")] = "",
+    kind: Annotated[str, typer.Option(
+        "--kind", help="classifier: the train-distributed job; lm: the lm-train-distributed job (LM fine-tuning "
+                       "with FSDP, kubeforge.lm.worker reading the volume lm-fetch filled: -p checkpoint_pvc=...)")] = (
+        "classifier"),
     platform_config: PlatformOption = None,
 ) -> None:
-    """Print the TrainJob (or PyTorchJob) objects the train-distributed step would create, with the distributed
-    settings from -p (nodes, procs_per_node, job_kind, checkpoint_pvc, ...): for review, or
-    `kubectl apply --dry-run=server -f -`."""
+    """Print the TrainJob (or PyTorchJob) objects the train-distributed (or, with --kind lm, lm-train-distributed)
+    step would create, with the distributed settings from -p (nodes, procs_per_node, job_kind, checkpoint_pvc, ...):
+    for review, or `kubectl apply --dry-run=server -f -`."""
     from kubeforge.distributed.jobs import JobSpecError, manifests_yaml
     from kubeforge.distributed.step import plan_job
+    from kubeforge.lm.cluster import plan_lm_job
 
+    planners = {"classifier": plan_job, "lm": plan_lm_job}
+    if kind not in planners:
+        fail(f"--kind {kind!r}: use classifier or lm")
     platform = platform_or_fail(platform_config)
     try:
         settings = RunConfig.from_flat(parse_param_assignments(param or [], ["distributed"]), ["distributed"])
-        request = plan_job(name, settings.distributed, profile=profile or platform.default_profile, image=image,
-                           namespace=namespace, job_name=name, service_account=service_account, platform=platform)
+        request = planners[kind](name, settings.distributed, profile=profile or platform.default_profile,
+                                 image=image, namespace=namespace, job_name=name, service_account=service_account,
+                                 platform=platform)
     except (ConfigError, JobSpecError) as exc:
         fail(str(exc))
     typer.echo(manifests_yaml(request), nl=False)

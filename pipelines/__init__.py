@@ -4,8 +4,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from kubeforge.config import ConfigError, PlatformConfig, runtime_image
-from kubeforge_pipelines import (lm_finetune, lm_pretrain_finetune, train_compress, train_compress_cluster,
-                                 train_evaluate)
+from kubeforge_pipelines import (lm_finetune, lm_finetune_cluster, lm_pretrain_finetune, train_compress,
+                                 train_compress_cluster, train_evaluate)
 from kubeforge_pipelines.scheduling import Placement
 
 
@@ -24,7 +24,8 @@ PIPELINES: dict[str, PipelineEntry] = {
     module.NAME: PipelineEntry(module.build, module.SECTIONS, module.DESCRIPTION, getattr(module, "FIXED", ()),
                                getattr(module, "CLUSTER_ONLY", ""), getattr(module, "KIND", "classifier"),
                                module.TRAINING_TASKS)
-    for module in (train_compress, train_compress_cluster, train_evaluate, lm_pretrain_finetune, lm_finetune)
+    for module in (train_compress, train_compress_cluster, train_evaluate, lm_pretrain_finetune, lm_finetune,
+                   lm_finetune_cluster)
 }
 DEFAULT_PIPELINE = train_compress.NAME
 

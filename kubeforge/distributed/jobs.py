@@ -13,6 +13,11 @@ a lost pod (preemption, node failure) restarts the whole gang, which resumes fro
 PyTorchJob (kubeflow.org/v1, training operator v1.x): one Master and ``nodes - 1`` Worker replicas, each a full pod
 template carrying the same placement and PVC; the operator restarts failed pods up to ``runPolicy.backoffLimit``.
 
+The worker is a parameter of the request: the classifier's ``kubeforge.distributed.worker`` by default, or another
+module torchrun runs with its own arguments (the LM fine-tuning worker, ``kubeforge.lm.worker``), and so is the shared
+volume (by default the settings' ``checkpoint_pvc`` at ``checkpoint_mount``; a pipeline that creates its own volume
+passes it instead).
+
 A scheduling profile describes one GPU's worth of a node (see kubeforge/platform/platform.yaml), so a node running
 M processes asks for M GPUs of the profile's resource and M times its cpu/memory requests and limits.
 """
@@ -48,6 +53,8 @@ JOB_LABEL = "kubeforge.io/training-job"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 RUNTIME_GID = 10001  # the project image's USER (images/runtime/Dockerfile); owns what the job writes to the PVC
 
+_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")  # what a PVC may be named
 _DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 _QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([a-zA-Z]*)$")
@@ -57,6 +64,14 @@ MAX_NAME_LENGTH = 40
 
 class JobSpecError(ValueError):
     """The requested job cannot be built; the message names the setting."""
+
+
+@dataclass(frozen=True)
+class JobVolume:
+    """The PVC every pod of the job mounts (inputs in, checkpoint and model out), and where."""
+
+    claim: str
+    mount_path: str
 
 
 @dataclass(frozen=True)
@@ -73,6 +88,14 @@ class TrainingJobRequest:
     labels: Mapping[str, str] = field(default_factory=dict)
     service_account: str = ""
     queue: str = ""  # a Kueue LocalQueue in the namespace ('' = not queued)
+    worker_module: str = WORKER_MODULE  # torchrun runs `python -m <worker_module> <worker_args>`
+    volume: JobVolume | None = None  # None: the settings' checkpoint_pvc at checkpoint_mount
+
+    @property
+    def shared_volume(self) -> JobVolume:
+        if self.volume is not None:
+            return self.volume
+        return JobVolume(self.settings.checkpoint_pvc, self.settings.checkpoint_mount)
 
     def validate(self) -> None:
         if not _DNS1035.match(self.name) or len(self.name) > MAX_NAME_LENGTH:
@@ -82,9 +105,17 @@ class TrainingJobRequest:
             raise JobSpecError(f"namespace {self.namespace!r} is not a valid Kubernetes namespace name")
         if not self.image.strip() or any(c.isspace() for c in self.image):
             raise JobSpecError(f"image {self.image!r} is not an image reference")
-        if not self.settings.checkpoint_pvc:
+        if self.volume is None and not self.settings.checkpoint_pvc:
             raise JobSpecError("checkpoint_pvc is required: the job writes its checkpoints and the trained model to "
                                "that PVC, which is how a restarted job resumes and how the model comes back")
+        if self.volume is not None:
+            if not _DNS1123_SUBDOMAIN.match(self.volume.claim) or len(self.volume.claim) > 253:
+                raise JobSpecError(f"volume claim {self.volume.claim!r} is not a PersistentVolumeClaim name "
+                                   "(lowercase letters, digits, '-' and '.')")
+            if not self.volume.mount_path.startswith("/"):
+                raise JobSpecError(f"volume mount path {self.volume.mount_path!r} must be absolute")
+        if not _MODULE.match(self.worker_module):
+            raise JobSpecError(f"worker_module {self.worker_module!r} is not a Python module name (a.b.c)")
         if self.settings.dist_backend == "nccl" and not self.profile.uses_gpu:
             raise JobSpecError(f"dist_backend 'nccl' needs GPUs, but profile {self.profile.name!r} has none; "
                                "use 'gloo' or 'auto'")
@@ -95,7 +126,8 @@ class TrainingJobRequest:
             if value and not DNS_LABEL.match(value):
                 raise JobSpecError(f"{value!r} is not a valid Kubernetes object name")
         if not self.worker_args:
-            raise JobSpecError("worker_args are empty: the worker needs --splits, --config and --output")
+            raise JobSpecError(f"worker_args are empty: {self.worker_module} needs its arguments (the classifier's "
+                               "worker: --splits, --config and --output)")
 
 
 def scale_quantity(quantity: str, factor: int) -> str:
@@ -140,14 +172,14 @@ def _metadata(request: TrainingJobRequest, *, queued: bool) -> dict[str, Any]:
 
 def _volumes(request: TrainingJobRequest) -> list[dict[str, Any]]:
     volumes: list[dict[str, Any]] = [
-        {"name": CHECKPOINT_VOLUME, "persistentVolumeClaim": {"claimName": request.settings.checkpoint_pvc}}]
+        {"name": CHECKPOINT_VOLUME, "persistentVolumeClaim": {"claimName": request.shared_volume.claim}}]
     if request.profile.uses_gpu:  # NCCL needs more shared memory than a container's default 64 MiB
         volumes.append({"name": SHM_VOLUME, "emptyDir": {"medium": "Memory"}})
     return volumes
 
 
 def _volume_mounts(request: TrainingJobRequest) -> list[dict[str, str]]:
-    mounts = [{"name": CHECKPOINT_VOLUME, "mountPath": request.settings.checkpoint_mount}]
+    mounts = [{"name": CHECKPOINT_VOLUME, "mountPath": request.shared_volume.mount_path}]
     if request.profile.uses_gpu:
         mounts.append({"name": SHM_VOLUME, "mountPath": "/dev/shm"})
     return mounts
@@ -173,17 +205,17 @@ def _placement(request: TrainingJobRequest) -> dict[str, Any]:
     return spec
 
 
-def worker_command() -> list[str]:
+def worker_command(module: str = WORKER_MODULE) -> list[str]:
     """torchrun reads PET_NNODES, PET_NPROC_PER_NODE, PET_NODE_RANK, PET_MASTER_ADDR/PORT from the Trainer."""
-    return ["torchrun", "--module", WORKER_MODULE]
+    return ["torchrun", "--module", module]
 
 
-def pytorchjob_command(settings: DistributedConfig) -> list[str]:
+def pytorchjob_command(settings: DistributedConfig, module: str = WORKER_MODULE) -> list[str]:
     """The training operator exports MASTER_ADDR, MASTER_PORT and RANK (the pod's node rank) in every version;
     ``$(VAR)`` is expanded by the kubelet from the container's environment."""
     return ["torchrun", f"--nnodes={settings.nodes}", f"--nproc-per-node={settings.procs_per_node}",
             "--node-rank=$(RANK)", "--master-addr=$(MASTER_ADDR)", "--master-port=$(MASTER_PORT)",
-            "--max-restarts=0", "--module", WORKER_MODULE]
+            "--max-restarts=0", "--module", module]
 
 
 def render_training_runtime(request: TrainingJobRequest) -> dict[str, Any]:
@@ -232,7 +264,7 @@ def render_trainjob(request: TrainingJobRequest) -> dict[str, Any]:
             "runtimeRef": {"name": request.name, "apiGroup": TRAINER_GROUP, "kind": "TrainingRuntime"},
             "trainer": {
                 "image": request.image,
-                "command": worker_command(),
+                "command": worker_command(request.worker_module),
                 "args": list(request.worker_args),
                 "env": _env_list(request),
                 "numNodes": settings.nodes,
@@ -247,7 +279,7 @@ def _pytorch_replica(request: TrainingJobRequest, replicas: int) -> dict[str, An
     container = {
         "name": PYTORCH_CONTAINER,
         "image": request.image,
-        "command": pytorchjob_command(request.settings),
+        "command": pytorchjob_command(request.settings, request.worker_module),
         "args": list(request.worker_args),
         "env": _env_list(request),
         "resources": resources_per_node(request.profile, request.settings.procs_per_node),

@@ -1,8 +1,10 @@
 """lm-finetune: data -> LoRA (or full) fine-tune of a given base model (hf://, s3://, pvc://, a path) -> evaluate
-(base vs fine-tuned) -> report. The fine-tuning step is placed by the GPU profile."""
+(base vs fine-tuned) -> compress (candidates behind a perplexity gate) -> report. The fine-tuning step is placed by
+the GPU profile."""
 
 from collections.abc import Callable
 
+from kubeforge_components.lm_compress import lm_compress
 from kubeforge_components.lm_data import lm_data
 from kubeforge_components.lm_evaluate import lm_evaluate
 from kubeforge_components.lm_finetune import lm_finetune
@@ -12,7 +14,7 @@ from kubeforge_pipelines.scheduling import Placement
 
 NAME = "lm-finetune"
 DESCRIPTION = "Fine-tune a given causal LM (LoRA by default) on a dataset and evaluate it against its base."
-SECTIONS = ("lm_data", "lm_model", "finetune", "lora", "lm_runtime")
+SECTIONS = ("lm_data", "lm_model", "finetune", "lora", "lm_runtime", "lm_compress")
 TRAINING_TASKS = ("lm-finetune",)
 KIND = "language-model"
 
@@ -24,12 +26,16 @@ def build(placement: Placement) -> Callable:
         tuned = lm_finetune(lm_splits=splits, **section_args(p, "lm_model", "lm_data", "finetune", "lm_runtime", "lora"))
         scored = lm_evaluate(lm_splits=splits, finetuned_model=tuned.outputs["finetuned_model"],
                              **section_args(p, "lm_model", "lm_data", "lm_runtime"))
+        compressed = lm_compress(lm_splits=splits, finetuned_model=tuned.outputs["finetuned_model"],
+                                 **section_args(p, "lm_data", "lm_runtime", "lm_compress"))
+        compressed.after(scored)
         summary = lm_report(lm_splits=splits, finetuned_model=tuned.outputs["finetuned_model"],
                             lm_evaluation=scored.outputs["lm_evaluation"])
-        for task, name in ((data, "lm-data"), (tuned, "lm-finetune"), (scored, "lm-evaluate"), (summary, "report")):
+        for task, name in ((data, "lm-data"), (tuned, "lm-finetune"), (scored, "lm-evaluate"),
+                           (compressed, "lm-compress"), (summary, "report")):
             task.set_display_name(name)
         placement.training(tuned)
-        for task in (data, scored, summary):
+        for task in (data, scored, compressed, summary):
             placement.step(task)
         return summary.outputs["run_report"]
 

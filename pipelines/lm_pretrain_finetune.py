@@ -1,8 +1,10 @@
 """lm-pretrain-finetune: data -> pre-train a scratch (or given) causal LM -> LoRA fine-tune -> merge -> evaluate
-(base vs fine-tuned) -> report. Both training steps are placed by the GPU profile."""
+(base vs fine-tuned) -> compress (candidates behind a perplexity gate) -> report. Both training steps are placed by
+the GPU profile."""
 
 from collections.abc import Callable
 
+from kubeforge_components.lm_compress import lm_compress
 from kubeforge_components.lm_data import lm_data
 from kubeforge_components.lm_evaluate import lm_evaluate
 from kubeforge_components.lm_finetune import lm_finetune
@@ -14,7 +16,7 @@ from kubeforge_pipelines.scheduling import Placement
 NAME = "lm-pretrain-finetune"
 DESCRIPTION = ("Pre-train a causal LM on a corpus, fine-tune it with LoRA, merge, and evaluate it against its base "
                "on held-out data.")
-SECTIONS = ("lm_data", "lm_model", "pretrain", "finetune", "lora", "lm_runtime")
+SECTIONS = ("lm_data", "lm_model", "pretrain", "finetune", "lora", "lm_runtime", "lm_compress")
 TRAINING_TASKS = ("lm-pretrain", "lm-finetune")
 KIND = "language-model"
 
@@ -29,14 +31,17 @@ def build(placement: Placement) -> Callable:
                             **section_args(p, "lm_model", "lm_data", "finetune", "lm_runtime", "lora"))
         scored = lm_evaluate(lm_splits=splits, finetuned_model=tuned.outputs["finetuned_model"], pretrained_model=base,
                              **section_args(p, "lm_model", "lm_data", "lm_runtime"))
+        compressed = lm_compress(lm_splits=splits, finetuned_model=tuned.outputs["finetuned_model"],
+                                 pretrained_model=base, **section_args(p, "lm_data", "lm_runtime", "lm_compress"))
+        compressed.after(scored)
         summary = lm_report(lm_splits=splits, finetuned_model=tuned.outputs["finetuned_model"], pretrained_model=base,
                             lm_evaluation=scored.outputs["lm_evaluation"])
         for task, name in ((data, "lm-data"), (pretrained, "lm-pretrain"), (tuned, "lm-finetune"),
-                           (scored, "lm-evaluate"), (summary, "report")):
+                           (scored, "lm-evaluate"), (compressed, "lm-compress"), (summary, "report")):
             task.set_display_name(name)
         for task in (pretrained, tuned):
             placement.training(task)
-        for task in (data, scored, summary):
+        for task in (data, scored, compressed, summary):
             placement.step(task)
         return summary.outputs["run_report"]
 

@@ -144,7 +144,11 @@ class _State:
     def weights(self, *, copy: bool) -> dict[str, torch.Tensor]:
         """Full trainable tensors on rank 0 (a collective under FSDP; other ranks get {})."""
         if self.sharded:
-            return get_model_state_dict(self.model, options=self._options(ignore_frozen_params=True))
+            # a frozen weight tied to a trainable-module's attribute (lm_head to the embedding under LoRA) is kept
+            # by get_model_state_dict even with ignore_frozen_params; only trainable names belong in a checkpoint
+            full = get_model_state_dict(self.model, options=self._options(ignore_frozen_params=True))
+            trainable = set(self.names)
+            return {name: value for name, value in full.items() if name in trainable}
         parameters = dict(self.model.named_parameters())
         return {name: parameters[name].detach().cpu().clone() if copy else parameters[name].detach().cpu()
                 for name in self.names}

@@ -290,10 +290,6 @@ def test_two_fsdp_ranks_take_the_steps_of_one_process_and_rank_0_saves_the_model
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "kubeforge.lm.training under FSDP2 saves the tied lm_head.weight of a LoRA model (torch's get_model_state_dict "
-    "keeps a frozen tied alias despite ignore_frozen_params) and then refuses its own checkpoint on resume; "
-    "filtering _State.weights to the trainable names fixes it (checked by hand: resumes at step 2, same losses)"))
 def test_a_killed_job_resumes_from_the_checkpoint_on_the_volume(volume, one_process_run, tmp_path):
     config_file = write_lm_worker_config(tmp_path / "c.json", worker_config(parallelism="fsdp"))
     arguments = args_for(volume, config_file, tmp_path / "model")

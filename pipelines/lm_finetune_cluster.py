@@ -27,11 +27,10 @@ DESCRIPTION = ("Fine-tune a causal LM across nodes (FSDP2 or DDP) as a Kubeflow 
 SECTIONS = ("lm_data", "lm_model", "finetune", "lora", "lm_runtime", "distributed")
 # the pipeline creates the volume (so no checkpoint_pvc to name) and KFP mounts it at a compile-time path
 FIXED = ("checkpoint_pvc", "checkpoint_mount")
+VOLUME = ("storage_class", "workspace_size")
+# every node reads the checkpoint on resume (a list of channels is not a KFP input, so the mode is not a parameter)
+WORKSPACE_ACCESS_MODES = ["ReadWriteMany"]  # settings of the CreatePVC step only
 WORKSPACE_MOUNT = DistributedConfig().checkpoint_mount
-# every node reads the checkpoint on resume, so the volume is ReadWriteMany; its size and storage class are
-# compile-time here until the config has fields for them
-WORKSPACE_ACCESS_MODES = ["ReadWriteMany"]
-WORKSPACE_SIZE = "50Gi"
 HF_TOKEN_SECRET = "kubeforge-hf-token"  # optional Secret (key `token`) for gated or private hf:// models
 CLUSTER_ONLY = ("kfp.local runs no kfp-kubernetes volume and no TrainJob; run lm-finetune locally (the same steps in "
                 "one process)")
@@ -42,7 +41,7 @@ KIND = "language-model"
 def build(placement: Placement) -> Callable:
     def body(p: Params):
         volume = kubernetes.CreatePVC(pvc_name_suffix="-lm-workspace", access_modes=WORKSPACE_ACCESS_MODES,
-                                      size=WORKSPACE_SIZE)
+                                      size=p["workspace_size"], storage_class_name=p["storage_class"])
         volume.set_display_name("create-workspace-volume")
         volume.set_caching_options(False)  # a new volume per run, always
         claim = volume.outputs["name"]
@@ -54,7 +53,8 @@ def build(placement: Placement) -> Callable:
         splits = fetched.outputs["lm_splits"]
 
         trained = lm_train_distributed(
-            **section_args(p, "lm_model", "lm_data", "finetune", "lm_runtime", "lora", "distributed", exclude=FIXED),
+            **section_args(p, "lm_model", "lm_data", "finetune", "lm_runtime", "lora", "distributed",
+                           exclude=FIXED + VOLUME),
             checkpoint_pvc=claim, checkpoint_mount=WORKSPACE_MOUNT, training_profile=placement.heavy.name,
             training_image=placement.image).after(fetched)
         trained.set_caching_options(placement.cache_training)

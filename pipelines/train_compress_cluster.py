@@ -30,6 +30,7 @@ DESCRIPTION = ("train-compress on a Kubeflow cluster: GPU training, compression 
 SECTIONS = ("data", "model", "train", "compress", "cluster", "distributed")
 # KFP mounts volumes at compile-time paths, so the checkpoint PVC's mount path is not a run parameter
 FIXED = ("checkpoint_mount",)
+VOLUME = ("storage_class", "workspace_size")  # settings of the CreatePVC steps only
 CHECKPOINT_MOUNT = DistributedConfig().checkpoint_mount
 CLUSTER_ONLY = ("kfp.local cannot pass a dsl.OneOf artifact out of the training branches; "
                 "run train-compress locally (the same steps)")
@@ -44,7 +45,8 @@ def build(placement: Placement) -> Callable:
         training = dict(splits=data.outputs["splits"], **section_args(p, "model", "train"))
         with dsl.If(p["distributed_training"] == True, name="distributed-training"):  # noqa: E712 (a KFP condition)
             launched = train_distributed(
-                **training, **section_args(p, "distributed", exclude=FIXED), checkpoint_mount=CHECKPOINT_MOUNT,
+                **training, **section_args(p, "distributed", exclude=FIXED + VOLUME),
+                checkpoint_mount=CHECKPOINT_MOUNT,
                 training_profile=placement.heavy.name, training_image=placement.image)
             launched.set_display_name("train-distributed")
             launched.set_caching_options(placement.cache_training)
@@ -59,7 +61,7 @@ def build(placement: Placement) -> Callable:
 
         with dsl.If(p["serving_image"] != "", name="serving-image-requested"):
             context = kubernetes.CreatePVC(pvc_name_suffix="-bento-context", access_modes=["ReadWriteOnce"],
-                                           size=p["build_context_size"])
+                                           size=p["build_context_size"], storage_class_name=p["storage_class"])
             context.set_display_name("create-build-context-volume")
             built = build_image(build_context=packaged.outputs["build_context"], image=p["serving_image"],
                                 builder=p["image_builder"], registry_secret=p["registry_secret"],

@@ -233,3 +233,8 @@ class DistributedConfig(_Section):
     checkpoint_mount: str = Field("/mnt/kubeforge", pattern=r"^/", description="where the PVC is mounted in pods")
     max_restarts: int = Field(3, ge=0, le=100, description="whole-job restarts (preemption, node loss) before failing")
     job_timeout_s: int = Field(24 * 3600, ge=10, description="how long the launcher waits for the job to finish")
+    storage_class: str = Field("", pattern=r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?)?$",
+                               description="StorageClass of the volumes the cluster pipelines create; KFP's "
+                                           "CreatePVC sends it as given, and '' binds only a pre-made volume")
+    workspace_size: str = Field("50Gi", pattern=r"^[0-9]+(\.[0-9]+)?(Mi|Gi|Ti)$",
+                                description="size of the volume lm-finetune-cluster fetches the model and data into")

@@ -8,8 +8,8 @@ import pytest
 from kubeforge.config import ConfigError, RunConfig, runtime_image
 from kubeforge.orchestration import compile_pipeline, resolve_params
 from kubeforge_pipelines import PIPELINES
-from kubeforge_pipelines.lm_finetune_cluster import (HF_TOKEN_SECRET, NAME, WORKSPACE_ACCESS_MODES, WORKSPACE_MOUNT,
-                                                     WORKSPACE_SIZE)
+from kubeforge_pipelines.lm_finetune_cluster import (HF_TOKEN_SECRET, NAME, VOLUME, WORKSPACE_ACCESS_MODES,
+                                                     WORKSPACE_MOUNT)
 from tests.pipelines.conftest import CompiledPipeline
 
 FROM_THE_VOLUME_TASK = {"outputParameterKey": "name", "producerTask": "createpvc"}
@@ -31,8 +31,12 @@ def test_the_volume_is_created_filled_used_and_deleted_by_the_pipeline(compile_w
     ir = compile_with(NAME, "gpu-a100")
     created = ir.task("createpvc")
     assert created["taskInfo"]["name"] == "create-workspace-volume"
-    assert constants(created) == {"access_modes": WORKSPACE_ACCESS_MODES, "size": WORKSPACE_SIZE,
-                                  "pvc_name_suffix": "-lm-workspace"}
+    assert constants(created) == {"pvc_name_suffix": "-lm-workspace", "access_modes": WORKSPACE_ACCESS_MODES}
+    parameters = created["inputs"]["parameters"]
+    assert parameters["size"] == {"componentInputParameter": "workspace_size"}
+    assert parameters["storage_class_name"] == {"componentInputParameter": "storage_class"}
+    defaults = ir.spec["root"]["inputDefinitions"]["parameters"]
+    assert defaults["workspace_size"]["defaultValue"] == RunConfig().distributed.workspace_size
     for task in ("lm-fetch", "lm-train-distributed", "lm-evaluate"):
         (mount,) = ir.k8s(task)["pvcMount"]
         assert mount["mountPath"] == WORKSPACE_MOUNT, task
@@ -110,5 +114,5 @@ def test_components_take_whole_config_sections(component, sections, extra):
     function = getattr(importlib.import_module(f"kubeforge_components.{component}"), component).python_func
     required = {name: p.annotation for name, p in inspect.signature(function).parameters.items()
                 if p.annotation in (str, int, float, bool, list, dict) and p.default is inspect.Parameter.empty}
-    fields = RunConfig.flat_fields(sections)
+    fields = {name: field for name, field in RunConfig.flat_fields(sections).items() if name not in VOLUME}
     assert required == {**{name: kfp_type(field.info.annotation) for name, field in fields.items()}, **extra}

@@ -24,8 +24,9 @@ from kubeforge.models import load_spec
 MODEL_NAME = "kubeforge-model"
 BENTO_NAME = "kubeforge-classifier"
 # What the service imports at run time; pinned to this environment's versions because locking is off.
+# uvloop and httptools: the event loop and HTTP parser the served path was measured on (bench.serving)
 SERVICE_REQUIREMENTS = ("bentoml", "fastapi", "torch", "onnxruntime", "numpy", "safetensors", "pydantic",
-                        "pyyaml")
+                        "pyyaml", "uvloop", "httptools")
 SERVICE_ENTRY = """# Written by kubeforge: serves the model stored in this Bento under the tag below.
 import os
 

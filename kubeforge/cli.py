@@ -234,12 +234,27 @@ def profiles(platform_config: PlatformOption = None) -> None:
 @app.command()
 def build(
     source: Annotated[Path, typer.Argument(help="a run directory (packages its compressed model, else the trained "
-                                                 "one) or a model directory")],
+                                                 "one; an LM run: its base model and adapter) or a model directory")],
     output: Annotated[Path, typer.Option("--output", "-o", help="where the .bento and its Docker context go")] =
     Path("build/bento"),
 ) -> None:
     """Build the serving Bento offline: a .bento archive plus a Dockerfile context any OCI builder can use."""
+    from kubeforge.llm.source import is_lm_source
     from kubeforge.models import ModelError
+
+    if source.exists() and is_lm_source(source):
+        from kubeforge.llm.package import build_llm_bento
+        from kubeforge.llm.source import resolve_lm_source
+
+        try:
+            served = resolve_lm_source(source)
+            llm = build_llm_bento(served, output)
+        except (ConfigError, ModelError) as exc:
+            fail(str(exc))
+        console.print(f"bento {llm.bento_tag} ({served.why}; models {llm.base_tag}"
+                      f"{', ' + llm.adapters_tag if llm.adapters_tag else ''})\narchive: {llm.archive}\n"
+                      f"docker context: {llm.context} (Dockerfile: {llm.dockerfile})")
+        return
     from kubeforge.serving.package import build_bento
     from kubeforge.serving.source import resolve_model_dir
 
@@ -304,23 +319,36 @@ def image_job(
 @app.command()
 def serve(
     source: Annotated[Path, typer.Argument(help="a run directory (serves its compressed model, else the trained "
-                                                 "one) or a model directory")],
+                                                 "one; an LM run: its base model and adapter) or a model directory")],
     host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to listen on")] = 3000,
 ) -> None:
-    """Serve a model over HTTP with the BentoML service (settings from KUBEFORGE_SERVE_* variables)."""
+    """Serve a model over HTTP with the BentoML service (settings from KUBEFORGE_SERVE_* variables; for a language
+    model, the OpenAI-compatible API with KUBEFORGE_LLM_* variables)."""
     import os
     import sys
 
     from kubeforge.config import ServeConfig
+    from kubeforge.llm.source import is_lm_source
     from kubeforge.serving.source import resolve_model_dir
 
+    bentoml = Path(sys.executable).parent / "bentoml"
+    if source.exists() and is_lm_source(source):
+        from kubeforge.llm.launch import ROUTES, SERVICE, serve_environment
+        from kubeforge.llm.source import resolve_lm_source
+
+        try:
+            served = resolve_lm_source(source)
+            environment = serve_environment(served, os.environ)
+        except ConfigError as exc:
+            fail(str(exc))
+        console.print(f"serving {served.why} on http://{host}:{port} ({ROUTES})")
+        os.execve(str(bentoml), [str(bentoml), "serve", SERVICE, "--host", host, "--port", str(port)], environment)
     try:
         model_dir = resolve_model_dir(source)
         ServeConfig.from_env()
     except ConfigError as exc:
         fail(str(exc))
-    bentoml = Path(sys.executable).parent / "bentoml"
     console.print(f"serving {model_dir} on http://{host}:{port} (POST /predict, GET /readyz)")
     os.execve(str(bentoml), [str(bentoml), "serve", "kubeforge.serving.service:KubeforgeClassifier",
                              "--host", host, "--port", str(port)],

@@ -1,0 +1,105 @@
+"""Raw ASGI pieces of the LLM routes: a size-limited body read that still lets the client finish sending, JSON and
+server-sent-event responses, and noticing a client that went away.
+
+Why drain before a 413: a client such as Python's urllib sends the whole body before it reads the answer, often
+with ``Connection: close``; a server that answers and closes while body bytes are still unread makes the kernel
+reset the connection, and that client sees a reset instead of the 413. So the rest of the body is read and dropped
+(never buffered) up to a bound, then the 413 goes out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from kubeforge.llm.errors import APIError
+
+JSON = b"application/json"
+EVENT_STREAM = b"text/event-stream"
+DONE = b"data: [DONE]\n\n"
+DRAIN_FACTOR = 16  # read and drop at most this many times the body limit before answering 413 anyway
+
+
+def declared_length(scope: dict) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None
+
+
+async def drain(receive: Any, limit: int) -> bool:
+    """Read and drop the rest of the body, up to ``limit`` bytes; False if the client disconnected."""
+    dropped = 0
+    while dropped <= limit:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return False
+        dropped += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return True
+    return True
+
+
+async def read_body(scope: dict, receive: Any, limit: int) -> bytes | None:
+    """The request body, or APIError 413 once it is known to exceed ``limit``; None if the client left."""
+    too_large = APIError(413, f"the request body exceeds the limit of {limit} bytes (KUBEFORGE_LLM_MAX_PAYLOAD_BYTES)",
+                         code="payload_too_large")
+    declared = declared_length(scope)
+    if declared is not None and declared > limit:
+        await drain(receive, limit * DRAIN_FACTOR)
+        raise too_large
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            if message.get("more_body", False):
+                await drain(receive, limit * DRAIN_FACTOR)
+            raise too_large
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def send_bytes(send: Any, status: int, body: bytes, content_type: bytes = JSON,
+                     headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode()),
+                            *(headers or [])]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def send_error(send: Any, error: APIError, close: bool = False) -> None:
+    headers = error.headers() + ([(b"connection", b"close")] if close else [])
+    await send_bytes(send, error.status, error.body(), headers=headers)
+
+
+async def start_event_stream(send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", EVENT_STREAM), (b"cache-control", b"no-cache"),
+                            (b"x-accel-buffering", b"no")]})
+
+
+async def send_event(send: Any, data: bytes) -> None:
+    await send({"type": "http.response.body", "body": b"data: " + data + b"\n\n", "more_body": True})
+
+
+async def end_event_stream(send: Any) -> None:
+    await send({"type": "http.response.body", "body": DONE, "more_body": False})
+
+
+def watch_disconnect(receive: Any, on_disconnect: Callable[[], None]) -> asyncio.Task:
+    """A task that calls ``on_disconnect`` when the client goes away (cancel it once the response is sent)."""
+
+    async def watch() -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                on_disconnect()
+                return
+
+    return asyncio.ensure_future(watch())

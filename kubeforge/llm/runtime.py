@@ -1,0 +1,194 @@
+"""What one worker serves: the base model, its adapters by name, the engine; and the adapter lifecycle.
+
+Names map to adapter slots under one lock, taken also while a request resolves its model and queues its choices,
+so an adapter being unloaded is never picked by a request that is half-way in. Unloading removes the name at once
+(new requests get 404) and frees the weights once no queued or running sequence uses them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kubeforge.llm.adapters import BASE_SLOT, AdapterBank, AdapterInfo
+from kubeforge.llm.engine import Engine, EngineLimits
+from kubeforge.llm.errors import APIError, model_not_found
+from kubeforge.llm.generation import Generation
+from kubeforge.llm.metrics import LLMMetrics
+from kubeforge.llm.sampling import SamplingParams
+from kubeforge.llm.settings import LLMServeConfig
+from kubeforge.models import ModelError
+
+
+def pick_device(preference: str) -> torch.device:
+    if preference == "cuda" and not torch.cuda.is_available():
+        raise ModelError("KUBEFORGE_LLM_DEVICE=cuda but CUDA is not available on this machine; use auto or cpu")
+    return torch.device("cuda" if preference in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+
+
+def pick_dtype(preference: str, device: torch.device) -> torch.dtype:
+    if preference == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, preference)
+
+
+def eos_token_ids(model: Any, tokenizer: Any) -> set[int]:
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    ids = set(configured if isinstance(configured, list) else [configured] if configured is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+def resolve_adapter_source(source: str, cache_root: Path) -> Path:
+    """A local adapter directory for a directory or URI (the one resolver: kubeforge.lm.sources)."""
+    from kubeforge.lm.sources import check_checkpoint_files, parse_model_source, resolve_model_source
+
+    parsed = parse_model_source(source)
+    if parsed.scheme == "scratch":
+        raise ModelError(f"{source}: an adapter is a directory or URI, not a scratch model")
+    destination = Path(tempfile.mkdtemp(prefix="adapter-", dir=cache_root))
+    directory = resolve_model_source(source, destination)
+    check_checkpoint_files(directory)
+    if not (directory / "adapter_config.json").is_file():
+        raise ModelError(f"{source}: not a LoRA adapter (no adapter_config.json)")
+    return directory
+
+
+@dataclass
+class LLMRuntime:
+    engine: Engine
+    bank: AdapterBank
+    tokenizer: Any
+    config: LLMServeConfig
+    metrics: LLMMetrics
+    base_source: str
+    context_length: int
+    created: int = field(default_factory=lambda: int(time.time()))
+    cache_root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="kubeforge-llm-")))
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._names: dict[str, int] = {}  # served adapter name -> slot
+        self._busy: set[str] = set()  # names being loaded right now
+        self._loaded_at: dict[str, int] = {}
+
+    @classmethod
+    def load(cls, base_dir: str | Path, config: LLMServeConfig, metrics: LLMMetrics, *,
+             base_source: str | None = None) -> LLMRuntime:
+        """Load the base model (kubeforge.lm.sources: checked safetensors only) and start the engine."""
+        from kubeforge.lm.sources import load_causal_lm, model_context_length
+
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        device = pick_device(config.device)
+        model, tokenizer = load_causal_lm(Path(base_dir), device=str(device), dtype=pick_dtype(config.dtype, device))
+        model.eval()
+        context = model_context_length(model)
+        limits = EngineLimits(max_running=config.max_running, max_waiting=config.max_waiting,
+                              max_batch_tokens=config.max_batch_tokens, max_prefill_tokens=config.max_prefill_tokens,
+                              retry_after_s=config.retry_after_s)
+        bank = AdapterBank(model)
+        engine = Engine(bank, tokenizer, context_length=context, limits=limits, metrics=metrics,
+                        eos_token_ids=eos_token_ids(model, tokenizer), base_name=config.base_name)
+        engine.start()
+        return cls(engine=engine, bank=bank, tokenizer=tokenizer, config=config, metrics=metrics,
+                   base_source=base_source or str(base_dir), context_length=context)
+
+    # ---- names -----------------------------------------------------------------------------------------------
+
+    def served(self) -> list[tuple[str, AdapterInfo | None]]:
+        """(name, adapter info or None for the base), base first."""
+        with self._lock:
+            names = dict(self._names)
+        infos = {info.slot: info for info in self.bank.adapters.values()}
+        return [(self.config.base_name, None)] + [(name, infos.get(slot)) for name, slot in sorted(names.items())]
+
+    def adapter_names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._names)
+
+    def submit(self, model_name: str, prompts: list[list[int]], params: SamplingParams, n: int,
+               loop: asyncio.AbstractEventLoop) -> Generation:
+        """Resolve ``model_name`` and queue the choices in one step (see the module docstring)."""
+        with self._lock:
+            if model_name == self.config.base_name:
+                slot = BASE_SLOT
+            elif model_name in self._names:
+                slot = self._names[model_name]
+            else:
+                raise model_not_found(model_name, [self.config.base_name, *self._names])
+            generation = Generation(model_name, loop, self.config.max_queue_wait_s)
+            return self.engine.submit(generation, prompts, params, n, slot)
+
+    def check_model(self, model_name: str) -> None:
+        with self._lock:
+            if model_name != self.config.base_name and model_name not in self._names:
+                raise model_not_found(model_name, [self.config.base_name, *self._names])
+
+    # ---- adapter lifecycle (blocking: call from a worker thread) ---------------------------------------------
+
+    def load_adapter(self, name: str, source: str) -> AdapterInfo:
+        with self._lock:
+            if name == self.config.base_name or name in self._names or name in self._busy:
+                raise APIError(409, f"the name {name!r} is already served or being loaded", param="lora_name",
+                               code="adapter_exists")
+            if name in self.bank.adapters:
+                raise APIError(409, f"the adapter {name!r} is being unloaded (its last requests are running); retry "
+                               "in a moment", param="lora_name", code="adapter_draining", retry_after_s=1)
+            self._busy.add(name)
+        try:
+            directory = resolve_adapter_source(source, self.cache_root)
+            info = self.engine.call_between_steps(lambda: self.bank.load(name, directory, source)).result()
+        except ModelError as exc:
+            raise APIError(400, str(exc), param="lora_path", code="invalid_adapter") from None
+        finally:
+            with self._lock:
+                self._busy.discard(name)
+        with self._lock:
+            self._names[name] = info.slot
+            self._loaded_at[name] = int(time.time())
+        self.metrics.adapters.set(len(self.bank.adapters))
+        return info
+
+    def unload_adapter(self, name: str) -> None:
+        with self._lock:
+            if name not in self._names:
+                raise model_not_found(name, [self.config.base_name, *self._names])
+            slot = self._names.pop(name)
+            self._loaded_at.pop(name, None)
+
+        def free() -> None:
+            self.bank.unload(name)
+            self.metrics.adapters.set(len(self.bank.adapters))
+
+        self.engine.retire_slot(slot, free)
+
+    def loaded_at(self, name: str) -> int:
+        return self._loaded_at.get(name, self.created)
+
+    def warm_up(self) -> None:
+        """One short greedy generation, so the first client pays no lazy initialisation."""
+        loop = asyncio.new_event_loop()
+        try:
+            prompt = self.tokenizer("warm up", add_special_tokens=True)["input_ids"] or [self.engine.pad_id]
+            generation = self.submit(self.config.base_name, [prompt], SamplingParams(max_tokens=2, temperature=0.0),
+                                     1, loop)
+
+            async def drain() -> None:
+                async for _ in generation.events():
+                    pass
+
+            loop.run_until_complete(asyncio.wait_for(drain(), timeout=600))
+        finally:
+            loop.close()
+
+    def close(self) -> None:
+        self.engine.stop()

@@ -57,7 +57,7 @@ def check_text(params: dict[str, Any]) -> None:
               if source and (path := local_path(source)) is not None and _small_enough(path)]
     if not wanted:
         return
-    from kubeforge.data import DataError
+    from kubeforge.errors import DataError
     from kubeforge.lm import corpus
 
     for source, loader in wanted:
@@ -69,8 +69,13 @@ def check_text(params: dict[str, Any]) -> None:
 
 
 def preflight(params: dict[str, Any]) -> None:
-    """Check the data a run's resolved parameters name (raises kubeforge.data.DataError naming the problem)."""
+    """Check the data a run's resolved parameters name (raises kubeforge.data.DataError naming the problem) and,
+    for a language model, its model settings (ConfigError/ModelError: context, LoRA targets, pickle-only weights)."""
     if "dataset" in params:
         check_table(params)
     if "corpus" in params or "finetune_dataset" in params:
         check_text(params)
+    if "base_model" in params:
+        from kubeforge.lm.preflight import check_lm_params
+
+        check_lm_params(params)

@@ -29,7 +29,7 @@ from kubeforge.llm.detokenize import TextAssembler
 from kubeforge.llm.errors import bad_request, overloaded
 from kubeforge.llm.generation import Choice, Event, Generation, Group
 from kubeforge.llm.kv_batch import KVBatch, check_full_attention, prefill_inputs
-from kubeforge.llm.metrics import LLMMetrics, observe_many
+from kubeforge.llm.metrics import LLMMetrics
 from kubeforge.llm.sampling import RowSampler, SamplingParams, next_tokens
 
 logger = logging.getLogger("kubeforge.llm")
@@ -71,6 +71,7 @@ class Engine:
         self._retiring: list[tuple[int, Callable[[], None]]] = []
         self._running: list[Choice] = []
         self._joining: list[Group] = []
+        self._outbox: dict[Generation, list[Event]] = collections.defaultdict(list)
         self._batch: KVBatch | None = None
         self._checked_cache = False
         self._stop = False
@@ -153,6 +154,7 @@ class Engine:
     # ---- engine thread ---------------------------------------------------------------------------------------
 
     def _run(self) -> None:
+        self.metrics.flush(time.perf_counter(), force=True)  # the gauges exist (at 0) before the first request
         while True:
             with self._condition:
                 while not (self._stop or self._waiting or self._running or self._controls or self._retiring):
@@ -166,15 +168,13 @@ class Engine:
                 except BaseException as exc:  # handed to the caller through the future
                     future.set_exception(exc)
             self._retire_unused()
-            outbox: dict[Generation, list[Event]] = collections.defaultdict(list)
             try:
                 with torch.inference_mode():
-                    self._step(outbox)
+                    self._step()
             except Exception as exc:  # a failed forward must not kill the engine: fail what was in flight
                 logger.exception("generation step failed")
-                self._fail_all(outbox, f"generation failed: {type(exc).__name__}: {exc}")
-            self._deliver(outbox)
-            self._update_gauges()
+                self._fail_all(f"generation failed: {type(exc).__name__}: {exc}")
+            self._publish()
 
     def _retire_unused(self) -> None:
         with self._condition:
@@ -190,16 +190,24 @@ class Engine:
             except Exception:  # an unload that fails leaves the adapter loaded but unnamed; say so in the log
                 logger.exception("freeing an adapter failed")
 
-    def _step(self, outbox: dict[Generation, list[Event]]) -> None:
+    def _step(self) -> None:
         self._drop_cancelled()
-        self._expire_waiting(outbox)
+        self._expire_waiting()
         self._joining = self._take_waiting()
         if self._joining:
-            self._prefill(self._joining, outbox)
-        self._joining = []
+            self._prefill(self._joining)
+            self._joining = []
+            self._publish()  # first tokens go out now, not after the next decode step
         if self._running:
-            self._decode(outbox)
+            self._decode()
         self.steps += 1
+
+    def _publish(self) -> None:
+        """Metrics first (so a client that saw its last token also finds it counted), then the step's events."""
+        self._update_gauges()
+        self.metrics.flush(time.perf_counter(), force=not (self._running or self._waiting))
+        outbox, self._outbox = self._outbox, collections.defaultdict(list)
+        self._deliver(outbox)
 
     def _drop_cancelled(self) -> None:
         with self._condition:
@@ -214,7 +222,7 @@ class Engine:
         for generation in dropped | cancelled:
             self._count_finished(generation, "abort")
 
-    def _expire_waiting(self, outbox: dict[Generation, list[Event]]) -> None:
+    def _expire_waiting(self) -> None:
         """Queued requests past their queue deadline leave with 503 before any prefill (never after)."""
         now = time.perf_counter()
         running = {c.generation for c in self._running}  # a request with rows in the batch is never dropped
@@ -229,7 +237,7 @@ class Engine:
             generation.finished = True
             message = (f"overloaded: waited {now - generation.arrival:.1f} s for a batch slot "
                        "(KUBEFORGE_LLM_MAX_QUEUE_WAIT_S); retry later")
-            outbox[generation] = [Event(0, error=message, status=503, code=QUEUE_TIMEOUT)]
+            self._outbox[generation] = [Event(0, error=message, status=503, code=QUEUE_TIMEOUT)]
             self._count_finished(generation, "abort")
 
     def _take_waiting(self) -> list[Group]:
@@ -251,17 +259,19 @@ class Engine:
                 rows, tokens, prefill = rows + size, tokens + group.tokens, prefill + len(group.prompt_ids)
         return taken
 
-    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: DynamicCache,
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor | None, positions: torch.Tensor, cache: DynamicCache,
                  slots: list[int], **extra: Any) -> torch.Tensor:
         with self.bank.rows(slots):
             output = self.bank.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                                      **{self._cache_keyword: cache}, **extra)
         return output.logits[:, -1, :]
 
-    def _prefill(self, groups: list[Group], outbox: dict[Generation, list[Event]]) -> None:
+    def _prefill(self, groups: list[Group]) -> None:
         ids, mask, positions = prefill_inputs([g.prompt_ids for g in groups], self.pad_id, self.bank.device)
         cache = DynamicCache(config=self.bank.model.config)
-        logits = self._forward(ids, mask, positions, cache, [g.choices[0].slot for g in groups], **self._prefill_extra)
+        padded = len({len(g.prompt_ids) for g in groups}) > 1
+        logits = self._forward(ids, mask if padded else None, positions, cache, [g.choices[0].slot for g in groups],
+                               **self._prefill_extra)
         if not self._checked_cache:
             check_full_attention(cache)
             self._checked_cache = True
@@ -272,7 +282,7 @@ class Engine:
             logits = logits.repeat_interleave(torch.tensor(counts, device=logits.device), dim=0)
         choices = [c for g in groups for c in g.choices]
         for group in groups:
-            self.metrics.prompt_tokens.labels(group.choices[0].generation.model_name).inc(len(group.prompt_ids))
+            self.metrics.prompt_tokens.inc((group.choices[0].generation.model_name,), len(group.prompt_ids))
         tokens = next_tokens(logits, [c.sampler for c in choices])
         finished_at = time.perf_counter()
         alive = []
@@ -280,8 +290,8 @@ class Engine:
             generation = choice.generation
             if generation.first_token_at is None:
                 generation.first_token_at = finished_at
-                self.metrics.ttft.labels(generation.model_name).observe(finished_at - generation.arrival)
-            self._record(choice, token, finished_at, outbox)
+                self.metrics.ttft.observe(finished_at - generation.arrival, (generation.model_name,))
+            self._record(choice, token, finished_at)
             if choice.finish_reason is None:
                 alive.append(row)
         self._count_tokens(choices)
@@ -295,7 +305,7 @@ class Engine:
             self._batch.extend(joined)
         self._running.extend(choices[row] for row in alive)
 
-    def _decode(self, outbox: dict[Generation, list[Event]]) -> None:
+    def _decode(self) -> None:
         batch = self._batch
         ids = torch.tensor([[c.output_ids[-1]] for c in self._running], device=self.bank.device)
         mask, positions = batch.decode_inputs()
@@ -303,12 +313,9 @@ class Engine:
         tokens = next_tokens(logits, [c.sampler for c in self._running])
         now = time.perf_counter()
         self.metrics.batch_rows.observe(len(self._running))
-        intervals: dict[tuple[str, float], int] = collections.Counter()
         for choice, token in zip(self._running, tokens, strict=True):
-            intervals[(choice.generation.model_name, round(now - choice.last_token_at, 6))] += 1
-            self._record(choice, token, now, outbox)
-        for (model_name, interval), count in intervals.items():
-            observe_many(self.metrics.itl.labels(model_name), interval, count)
+            self.metrics.itl.observe(now - choice.last_token_at, (choice.generation.model_name,))
+            self._record(choice, token, now)
         self._count_tokens(self._running)
         if any(c.finish_reason is not None for c in self._running):
             self._keep_rows([row for row, c in enumerate(self._running) if c.finish_reason is None])
@@ -320,7 +327,7 @@ class Engine:
         else:
             self._batch = None
 
-    def _record(self, choice: Choice, token: int, now: float, outbox: dict[Generation, list[Event]]) -> None:
+    def _record(self, choice: Choice, token: int, now: float) -> None:
         choice.output_ids.append(token)
         choice.last_token_at = now
         text = ""
@@ -335,7 +342,7 @@ class Engine:
             choice.finish_reason = "length"
         if choice.finish_reason is not None and not choice.text.stopped:
             text += choice.text.flush()
-        outbox[choice.generation].append(Event(choice.index, text, (token,), choice.finish_reason))
+        self._outbox[choice.generation].append(Event(choice.index, text, (token,), choice.finish_reason))
         if choice.finish_reason is not None:
             generation = choice.generation
             if all(c.finish_reason is not None for c in generation.choices):
@@ -345,19 +352,19 @@ class Engine:
     def _count_tokens(self, choices: list[Choice]) -> None:
         per_model = collections.Counter(c.generation.model_name for c in choices)
         for model_name, count in per_model.items():
-            self.metrics.generation_tokens.labels(model_name).inc(count)
+            self.metrics.generation_tokens.inc((model_name,), count)
 
     def _count_finished(self, generation: Generation, reason: str) -> None:
-        self.metrics.request_success.labels(generation.model_name, reason).inc()
-        self.metrics.e2e.labels(generation.model_name).observe(time.perf_counter() - generation.arrival)
+        self.metrics.request_success.inc((generation.model_name, reason))
+        self.metrics.e2e.observe(time.perf_counter() - generation.arrival, (generation.model_name,))
 
-    def _fail_all(self, outbox: dict[Generation, list[Event]], message: str) -> None:
+    def _fail_all(self, message: str) -> None:
         failed = ({c.generation for c in self._running} | {c.generation for g in self._joining for c in g.choices}
-                  | set(outbox))
+                  | set(self._outbox))
         self._running, self._batch, self._joining = [], None, []
         for generation in failed:
             generation.finished = True
-            outbox[generation] = [Event(0, error=message)]
+            self._outbox[generation] = [Event(0, error=message)]
 
     def _deliver(self, outbox: dict[Generation, list[Event]]) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Generation, list[Event]]]] = collections.defaultdict(list)
@@ -374,8 +381,8 @@ class Engine:
         running = {c.generation for c in self._running}
         with self._condition:
             waiting = {c.generation for g in self._waiting for c in g.choices} - running
-        self.metrics.running.set(len(running))
-        self.metrics.waiting.set(len(waiting))
+        self.metrics.running_requests = len(running)
+        self.metrics.waiting_requests = len(waiting)
 
 
 def _put_all(items: list[tuple[Generation, list[Event]]]) -> None:

@@ -82,17 +82,19 @@ class KVBatch:
         """Row i becomes counts[i] identical rows (n choices of one prompt share one prefill)."""
         self.select([row for row, count in enumerate(counts) for _ in range(count)])
 
-    def decode_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(attention mask, position ids) for one more token per row; the mask is kept for the next step."""
+    def decode_inputs(self) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(attention mask, position ids) for one more token per row; the mask is kept for the next step, and
+        handed to the model only when some row is padded (without one, transformers builds no mask at all)."""
         self.mask = torch.cat([self.mask, self.mask.new_ones((self.rows, 1))], dim=1)
         positions = torch.tensor(self.lengths, device=self.mask.device).unsqueeze(1)
         self.lengths = [length + 1 for length in self.lengths]
-        return self.mask, positions
+        return (self.mask if min(self.lengths) < self.columns else None), positions
 
 
 def prefill_inputs(prompts: list[list[int]], pad_id: int, device: torch.device
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Left-padded (input ids, attention mask, position ids) for a group of prompts prefilled together."""
+    """Left-padded (input ids, attention mask, position ids) for a group of prompts prefilled together; the mask
+    is the batch's, the model needs it only when the prompts' lengths differ."""
     width = max(len(prompt) for prompt in prompts)
     ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=device)
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)

@@ -32,6 +32,9 @@ class ResponseBuilder:
     def __post_init__(self) -> None:
         self.id = ("chatcmpl-" if self.chat else "cmpl-") + uuid.uuid4().hex
         self.choices = len(self.request.prompts) * self.request.n
+        head = dumps(self._head("chat.completion.chunk" if self.chat else "text_completion"))
+        self._chunk_head = head[:-1] + b',"choices":['
+        self._chunk_tail = b'],"usage":null}' if self.request.include_usage else b"]}"
 
     @property
     def object(self) -> str:
@@ -67,8 +70,9 @@ class ResponseBuilder:
 
     # ---- stream chunks ---------------------------------------------------------------------------------------
 
-    def chunk(self, event: Event) -> dict[str, Any] | None:
-        """The chunk for one event, or None when there is nothing to say yet."""
+    def chunk(self, event: Event) -> bytes | None:
+        """The serialized chunk for one event, or None when there is nothing to say yet (the request's part of
+        every chunk is serialized once, in ``_chunk_head``)."""
         first = self.chat and event.index not in self.started
         if not (event.text or event.finish_reason or first or (self.request.return_token_ids and event.token_ids)):
             return None
@@ -84,10 +88,7 @@ class ResponseBuilder:
         choice.update(logprobs=None, finish_reason=event.finish_reason)
         if self.request.return_token_ids:
             choice["token_ids"] = list(event.token_ids)
-        chunk = {**self._head("chat.completion.chunk" if self.chat else "text_completion"), "choices": [choice]}
-        if self.request.include_usage:
-            chunk["usage"] = None
-        return chunk
+        return self._chunk_head + dumps(choice) + self._chunk_tail
 
     def usage_chunk(self) -> dict[str, Any]:
         return {**self._head("chat.completion.chunk" if self.chat else "text_completion"), "choices": [],

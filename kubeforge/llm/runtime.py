@@ -155,7 +155,6 @@ class LLMRuntime:
         with self._lock:
             self._names[name] = info.slot
             self._loaded_at[name] = int(time.time())
-        self.metrics.adapters.set(len(self.bank.adapters))
         return info
 
     def unload_adapter(self, name: str) -> None:
@@ -165,11 +164,7 @@ class LLMRuntime:
             slot = self._names.pop(name)
             self._loaded_at.pop(name, None)
 
-        def free() -> None:
-            self.bank.unload(name)
-            self.metrics.adapters.set(len(self.bank.adapters))
-
-        self.engine.retire_slot(slot, free)
+        self.engine.retire_slot(slot, lambda: self.bank.unload(name))
 
     def loaded_at(self, name: str) -> int:
         return self._loaded_at.get(name, self.created)

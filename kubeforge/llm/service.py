@@ -20,9 +20,10 @@ from pathlib import Path
 
 import bentoml
 
-from kubeforge.llm.api import CHAT, COMPLETIONS, LLMAPI, LLMState, admission_policy
+from kubeforge.llm.api import LLMAPI, LLMState, admission_policy, front_door_routes
 from kubeforge.llm.settings import LLMServeConfig, parse_adapter_list
 from kubeforge.serving.admission import Admission
+from kubeforge.serving.frontdoor import FrontDoor, FrontDoorService
 from kubeforge.serving.meters import Meters
 
 MODEL_ENV = "KUBEFORGE_LLM_MODEL"
@@ -33,6 +34,11 @@ CONFIG = LLMServeConfig.from_env()
 METERS = Meters()
 STATE = LLMState(CONFIG, Admission(admission_policy(CONFIG), METERS, service="llm"), METERS)
 logger = logging.getLogger("kubeforge.llm")
+
+
+def front_door(app):
+    """BentoML's app behind the LLM's POST routes (FrontDoorService calls this in each worker)."""
+    return FrontDoor(app, routes=front_door_routes(STATE), prefixes={}, meters=METERS)
 
 
 def _base_model() -> tuple[Path, str]:
@@ -60,16 +66,19 @@ def _startup_adapters() -> dict[str, str]:
 
 @bentoml.service(
     name="kubeforge-llm",
+    service_class=FrontDoorService,
     workers=CONFIG.workers,
-    # the timeout bounds the wait for the first byte; a stream, once started, runs until its choices end
+    # BentoML's timeout covers what it routes (/v1/models, probes); the POST routes are bounded by max_tokens and
+    # max_queue_wait_s, and a stream, once started, runs until its choices end or its client leaves
     traffic={"timeout": CONFIG.timeout_s},
     endpoints={"livez": "/livez", "readyz": "/readyz"},
     logging={"access": {"enabled": False}},
-    tracing={"excluded_urls": [COMPLETIONS, CHAT]},
 )
 @bentoml.asgi_app(LLMAPI(STATE), path="/")
 class KubeforgeLLM:
     """Loads the model in the background: /readyz is 503 until it is ready, /livez 503 if loading failed."""
+
+    __front_door__ = staticmethod(front_door)
 
     def __init__(self) -> None:
         threading.Thread(target=self._load, name="llm-loader", daemon=True).start()

@@ -46,7 +46,8 @@ class LLMServeConfig(_Section):
                                  "(split across workers); the excess gets 503 before its body is read")
     retry_after_s: int = Field(1, ge=0, le=3600, description="the Retry-After of a 503")
     max_payload_bytes: int = Field(1024 * 1024, ge=1024, description="largest accepted request body")
-    timeout_s: float = Field(600.0, gt=0.0, le=86_400.0, description="longest wait for a response to start")
+    timeout_s: float = Field(600.0, gt=0.0, le=86_400.0, description="BentoML's request timeout for the routes it "
+                             "serves (GET /v1/models, probes); generation is bounded by max_tokens and max_queue_wait_s")
 
     ENV_PREFIX: ClassVar[str] = "KUBEFORGE_LLM_"
 

@@ -106,6 +106,12 @@ def test_bad_input_gets_an_openai_error_and_the_server_keeps_serving(llm_server,
     assert_still_serving(llm_server)
 
 
+def test_a_method_other_than_post_gets_405(llm_server):
+    error = assert_error_shape(httpx.get(llm_server.url + "/v1/completions", timeout=10), 405)
+    assert error["code"] == "method_not_allowed"
+    assert_still_serving(llm_server)
+
+
 def test_the_openai_client_raises_its_own_error_types(llm_server):
     api = openai.OpenAI(base_url=llm_server.url + "/v1", api_key="unused", max_retries=0,
                         _strict_response_validation=True)

@@ -19,7 +19,8 @@ def test_takes_every_train_parameter_plus_the_distributed_settings():
     train_inputs, distributed_inputs = parameters(train), parameters(train_distributed)
     for name, spec in train_inputs.items():
         assert distributed_inputs[name].type == spec.type, name
-    assert set(DistributedConfig.model_fields) <= set(distributed_inputs)
+    volume_settings = {"storage_class", "workspace_size"}  # the pipeline's CreatePVC steps take those
+    assert set(DistributedConfig.model_fields) - volume_settings <= set(distributed_inputs)
     assert set(ModelConfig.model_fields) | set(TrainConfig.model_fields) <= set(distributed_inputs)
     assert {"training_profile", "training_image", "namespace", "job_name", "queue"} <= set(distributed_inputs)
     outputs = train_distributed.component_spec.outputs
@@ -33,7 +34,8 @@ def test_compiles_inside_a_pipeline(tmp_path):
         splits = dsl.importer(artifact_uri=splits_uri, artifact_class=dsl.Dataset)
         train_distributed(
             splits=splits.output, **{k: v for k, v in ModelConfig().model_dump().items()},
-            **TrainConfig().model_dump(), **DistributedConfig(checkpoint_pvc="ckpt").model_dump(),
+            **TrainConfig().model_dump(),
+            **DistributedConfig(checkpoint_pvc="ckpt").model_dump(exclude={"storage_class", "workspace_size"}),
             training_profile="gpu-a100")
 
     package = tmp_path / "smoke.yaml"

@@ -7,7 +7,6 @@ with each step's output in ``<step>/log.txt`` (kubeforge.run_output) and a ``sum
 
 from __future__ import annotations
 
-import datetime
 import importlib
 import json
 import re
@@ -39,6 +38,8 @@ class PipelineRunError(RuntimeError):
 class _Silent:
     """The listener when nobody watches: the steps' output still goes to their log files."""
 
+    def begin(self, pipeline: str, steps: list[str], profile: str) -> None: ...
+    def end(self) -> None: ...
     def step_started(self, step: str) -> None: ...
     def step_line(self, step: str, line: str) -> None: ...
     def step_progress(self, step: str, progress: Any) -> None: ...
@@ -125,8 +126,13 @@ def is_user_error(error_type: str) -> bool:
 def failure_error(failure: StepFailure, run_dir: Path | None) -> PipelineRunError:
     first, _, rest = failure.message.partition("\n")
     user_error = is_user_error(failure.error_type) if failure.error_type else False
-    cause = first.rstrip(":") if user_error or not failure.error_type else (
-        f"{failure.error_type.rpartition('.')[2]}: {first}")
+    short_type = failure.error_type.rpartition(".")[2]
+    if not first:
+        cause = f"{failure.step} failed with {short_type} (no message)"
+    elif user_error or not failure.error_type:
+        cause = first.rstrip(":")
+    else:
+        cause = f"{short_type}: {first}"
     return PipelineRunError(cause, step=failure.step, log=failure.log, details=rest.strip(), user_error=user_error,
                             run_dir=run_dir)
 
@@ -202,20 +208,18 @@ def run_local(name: str, overrides: dict[str, Any], platform: PlatformConfig, *,
               listener: RunListener | None = None) -> LocalRun:
     """Run ``name`` through kfp.local. Data problems visible up front raise DataError before any step starts
     (kubeforge.preflight); a failed step raises PipelineRunError with the step's own error message. ``listener``
-    (a kubeforge.live view) hears about every step as it runs; with a ``begin``/``end`` pair it is told the steps
-    first and the end in every case."""
+    (a kubeforge.live view) hears about every step as it runs."""
     from kubeforge.preflight import preflight
-
-    params = resolve_params(name, overrides)
-    preflight(params)
-
-    from kfp import local
-
     from kubeforge_pipelines import build_pipeline, pipeline_entry
 
     reason = pipeline_entry(name).cluster_only
     if reason:
         raise ConfigError(f"{name} runs only on a Kubeflow cluster (kubeforge submit): {reason}")
+    params = resolve_params(name, overrides)
+    preflight(params)
+
+    from kfp import local
+
     profile_name = platform.profile(profile or platform.default_profile).name
     pipeline = build_pipeline(name, platform, profile_name)
     steps = pipeline_steps(pipeline)
@@ -227,8 +231,7 @@ def run_local(name: str, overrides: dict[str, Any], platform: PlatformConfig, *,
                enable_caching=enable_caching, raise_on_error=True)
     watcher = listener or _Silent()
     output = KfpOutput(steps, watcher, lambda: _new_run_dir(runs_root, spec_name, existing))
-    if hasattr(watcher, "begin"):
-        watcher.begin(name, steps, profile_name)
+    watcher.begin(name, steps, profile_name)
     started = time.perf_counter()
     try:
         with capture_kfp_output(output):
@@ -241,8 +244,7 @@ def run_local(name: str, overrides: dict[str, Any], platform: PlatformConfig, *,
         first_line = text.splitlines()[0] if text else type(exc).__name__
         raise PipelineRunError(f"pipeline {name} failed: {first_line}", run_dir=output.run_dir) from exc
     finally:
-        if hasattr(watcher, "end"):
-            watcher.end()
+        watcher.end()
     seconds = time.perf_counter() - started
     produced = Path(task.output.path)  # the pipeline's single output: the report HTML
     run_dir = produced.parents[1]

@@ -127,3 +127,5 @@ def test_the_error_carries_the_cause_first_and_the_rest_of_a_long_message(tmp_pa
     assert gate.details == "name  drop\nint8  2.0" and gate.step == "compress"
     internal = failure_error(StepFailure("train", "ZeroDivisionError", "division by zero", None), None)
     assert str(internal) == "ZeroDivisionError: division by zero" and not internal.user_error
+    bare = failure_error(StepFailure("train", "kubeforge.models.ModelError", "", None), None)
+    assert str(bare) == "train failed with ModelError (no message)" and bare.user_error

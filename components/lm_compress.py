@@ -26,6 +26,7 @@ def lm_compress(
     eval_interval: int,
     checkpoint_interval: int,
     parallelism: str,
+    cpu_threads: int,
     lm_compress_methods: list,
     max_perplexity_increase: float,
     min_greedy_agreement: float,

@@ -28,6 +28,7 @@ def lm_evaluate(
     eval_interval: int,
     checkpoint_interval: int,
     parallelism: str,
+    cpu_threads: int,
     lm_metrics: Output[Metrics],
     lm_evaluation_report: Output[Markdown],
     lm_evaluation: Output[Artifact],

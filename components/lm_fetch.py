@@ -33,6 +33,7 @@ def lm_fetch(
     eval_interval: int,
     checkpoint_interval: int,
     parallelism: str,
+    cpu_threads: int,
     workspace_mount: str,
     lm_splits: Output[Dataset],
     lm_data_stats: Output[Metrics],

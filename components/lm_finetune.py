@@ -33,6 +33,7 @@ def lm_finetune(
     eval_interval: int,
     checkpoint_interval: int,
     parallelism: str,
+    cpu_threads: int,
     finetune_method: str,
     lora_rank: int,
     lora_alpha: float,

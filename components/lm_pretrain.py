@@ -33,6 +33,7 @@ def lm_pretrain(
     eval_interval: int,
     checkpoint_interval: int,
     parallelism: str,
+    cpu_threads: int,
     pretrained_model: Output[Model],
     pretrain_metrics: Output[Metrics],
 ):

@@ -34,9 +34,15 @@ def data_metrics(stats: dict[str, Any]) -> dict[str, int]:
 
 
 def _device(runtime: LMRuntimeConfig):
+    """The step's device; on CPU also its intra-op thread count (oversubscribed cores cost far more than they add)."""
+    import torch
+
     from kubeforge.training import select_device
 
-    return select_device(runtime.lm_device)
+    device = select_device(runtime.lm_device)
+    if device.type == "cpu" and runtime.cpu_threads:
+        torch.set_num_threads(runtime.cpu_threads)
+    return device
 
 
 def _load_base(source: str, workdir: Path, model_config: LMModelConfig, data_dir: Path, seed: int):

@@ -168,6 +168,8 @@ def train_lm_distributed(config: LMWorkerConfig, data_dir: str | Path, base_dir:
     from kubeforge.lm.sequences import check_max_length
     from kubeforge.lm.sources import load_causal_lm, model_context_length
     from kubeforge.lm.steps import RESULT_FILE, TRAINING_RECORD
+    import torch
+
     from kubeforge.lm.training import full_trainable_state, train_causal_lm
     from kubeforge.training import process_group, select_device, set_seed
 
@@ -178,6 +180,8 @@ def train_lm_distributed(config: LMWorkerConfig, data_dir: str | Path, base_dir:
     check_max_length(config.lm_data.max_length, model_context_length(model))
     train, heldout = _token_batches(config, data_dir, tokenizer)
     device = select_device(config.lm_runtime.lm_device)
+    if device.type == "cpu" and config.lm_runtime.cpu_threads:
+        torch.set_num_threads(config.lm_runtime.cpu_threads)
     if config.task == "finetune":
         model = prepare_for_finetuning(model.to(device), config.lora, device)
     else:

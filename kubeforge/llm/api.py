@@ -28,6 +28,7 @@ from kubeforge.llm.prepare import PreparedRequest, prepare_chat, prepare_complet
 from kubeforge.llm.responses import ResponseBuilder, dumps
 from kubeforge.llm.runtime import LLMRuntime
 from kubeforge.llm.settings import LLMServeConfig
+from kubeforge.llm.tenancy.layer import TenantLayer, current_tenant_request, header
 from kubeforge.serving.admission import SHED_QUEUE_FULL, Admission, AdmissionPolicy, Shed
 from kubeforge.serving.meters import Meters
 
@@ -45,6 +46,7 @@ class LLMState:
     meters: Meters
     runtime: LLMRuntime | None = None
     load_error: str | None = None
+    tenancy: TenantLayer | None = None  # keys, budgets, audit (kubeforge.llm.tenancy); None: no authentication
 
     def shed(self, error: APIError) -> None:
         """Count an engine-side 503 as admission's (kubeforge_admission_shed_total, what the HPA reads)."""
@@ -78,6 +80,12 @@ class Exchange(Response):
 
     async def run(self, scope: dict, receive: Any, send: Any) -> int:
         """Answer the request; returns the status sent (for the front door's request metrics)."""
+        if self.state.tenancy is not None and scope.get("method") == "POST":  # the key comes before all else
+            tenancy, limit = self.state.tenancy, self.state.config.max_payload_bytes
+            return await tenancy.serve(scope, receive, send, self._run, limit)
+        return await self._run(scope, receive, send)
+
+    async def _run(self, scope: dict, receive: Any, send: Any) -> int:
         state = self.state
         state.meters.start()
         if scope.get("method") != "POST":
@@ -131,8 +139,11 @@ async def generate(state: LLMState, prepared: PreparedRequest, chat: bool, recei
     """Queue the request and answer it; nothing is sent before the first token (or a refusal) is known, so a
     request dropped from the queue still gets a proper 503 and a stream's status is final when it starts."""
     runtime = state.runtime
+    tenant = current_tenant_request()
+    if tenant is not None:  # the tenant's token budget: prompt + max_tokens of every choice, reserved now
+        tenant.reserve_for(prepared)
     generation = runtime.submit(prepared.model, prepared.prompts, prepared.params, prepared.n,
-                                asyncio.get_running_loop())
+                                asyncio.get_running_loop(), share=None if tenant is None else tenant.share)
     builder = ResponseBuilder(prepared, chat=chat)
     watcher = asgi.watch_disconnect(receive, generation.cancel)
     started = False
@@ -165,12 +176,14 @@ async def generate(state: LLMState, prepared: PreparedRequest, chat: bool, recei
     finally:
         watcher.cancel()
         generation.cancel()  # a no-op once finished; frees the rows after a timeout or a failed send
+        if tenant is not None:
+            tenant.used_by(builder, generation, runtime.tokenizer)
 
 
 async def completions(state: LLMState, body: bytes, receive: Any, send: Any) -> None:
     request = parse(CompletionRequest, body)
     runtime = state.runtime
-    runtime.check_model(request.model)
+    _check_model(runtime, request.model)
     prepared = prepare_completion(request, runtime.tokenizer, runtime.context_length, _vocabulary(runtime),
                                   state.config)
     await generate(state, prepared, False, receive, send)
@@ -179,15 +192,26 @@ async def completions(state: LLMState, body: bytes, receive: Any, send: Any) -> 
 async def chat_completions(state: LLMState, body: bytes, receive: Any, send: Any) -> None:
     request = parse(ChatCompletionRequest, body)
     runtime = state.runtime
-    runtime.check_model(request.model)
+    _check_model(runtime, request.model)
     prepared = prepare_chat(request, runtime.tokenizer, runtime.context_length, state.config)
     await generate(state, prepared, True, receive, send)
+
+
+def _check_model(runtime: LLMRuntime, model: str) -> None:
+    """A model the tenant may not call is refused exactly as one that does not exist (404)."""
+    tenant = current_tenant_request()
+    if tenant is not None:
+        tenant.authorise(model, [runtime.config.base_name], [name for name, _ in runtime.served()])
+    runtime.check_model(model)
 
 
 def _admin_allowed(state: LLMState) -> None:
     if not state.config.admin_api:
         raise APIError(403, "the adapter admin API is off; set KUBEFORGE_LLM_ADMIN_API=true to enable it",
                        type="permission_error", code="admin_api_disabled")
+    tenant = current_tenant_request()
+    if tenant is not None:
+        tenant.require_admin()
 
 
 async def load_adapter(state: LLMState, body: bytes, receive: Any, send: Any) -> None:
@@ -214,7 +238,9 @@ def model_list(runtime: LLMRuntime) -> dict[str, Any]:
     return {"object": "list", "data": data}
 
 
-ERRORS = {400: "a bad request (the message names the field)", 403: "the admin API is off",
+ERRORS = {400: "a bad request (the message names the field)", 401: "a missing, malformed or wrong API key",
+          403: "the admin API is off (or the tenant is not an admin)",
+          429: "over the tenant's token or concurrency budget (Retry-After says when to retry)",
           405: "a method other than POST",
           404: "unknown model", 409: "the adapter name is taken", 413: "the body is over the size limit",
           503: "not ready, or overloaded (Retry-After says when to retry)"}
@@ -263,11 +289,21 @@ class LLMAPI(FastAPI):
 
         @self.get(MODELS, summary="the base model and every adapter (OpenAI)",
                   responses=_responses(ModelList, None))
-        async def models() -> JSONResponse:
+        async def models(request: Request) -> JSONResponse:
             if state.runtime is None:
                 error = APIError(503, state.load_error or "the model is still loading", type="server_error")
                 return JSONResponse(error.payload(), status_code=503)
-            return JSONResponse(model_list(state.runtime))
+            listing = model_list(state.runtime)
+            if state.tenancy is not None:  # only what the key's tenant may call
+                try:
+                    visible = set(state.tenancy.visible_models(header(request.scope, b"authorization"),
+                                                               [m["id"] for m in listing["data"]],
+                                                               [state.runtime.config.base_name]))
+                except APIError as exc:
+                    return JSONResponse(exc.payload(), status_code=exc.status, headers={
+                        k.decode(): v.decode() for k, v in exc.headers()})
+                listing["data"] = [m for m in listing["data"] if m["id"] in visible]
+            return JSONResponse(listing)
 
     def _post(self, path: str, handler: Handler, summary: str, request_model: type[BaseModel],
               response_model: type[BaseModel], stream_model: type[BaseModel] | None) -> None:

@@ -31,6 +31,7 @@ from kubeforge.llm.generation import Choice, Event, Generation, Group
 from kubeforge.llm.kv_batch import KVBatch, check_full_attention, prefill_inputs
 from kubeforge.llm.metrics import LLMMetrics
 from kubeforge.llm.sampling import RowSampler, SamplingParams, next_tokens
+from kubeforge.llm.tenancy.fair import FairScheduler
 
 logger = logging.getLogger("kubeforge.llm")
 QUEUE_FULL, QUEUE_TIMEOUT = "queue_full", "queue_timeout"  # error codes of the engine's 503s
@@ -73,6 +74,7 @@ class Engine:
         self._joining: list[Group] = []
         self._outbox: dict[Generation, list[Event]] = collections.defaultdict(list)
         self._batch: KVBatch | None = None
+        self.fairness: FairScheduler | None = None  # set when the service has tenants
         self._checked_cache = False
         self._stop = False
         self._thread: threading.Thread | None = None
@@ -247,14 +249,24 @@ class Engine:
         prefill = 0
         taken = []
         with self._condition:
+            # with tenants, weighted fair order across them (kubeforge.llm.tenancy.fair); FIFO within each
+            picker = (self.fairness.picker(self._waiting, self._running, self.limits.max_running)
+                      if self.fairness is not None and self._waiting else None)
             while self._waiting:
-                group = self._waiting[0]
+                group = self._waiting[0] if picker is None else picker.next()
+                if group is None:
+                    break
                 size = len(group.choices)
                 fits = (rows + size <= self.limits.max_running and tokens + group.tokens <= self.limits.max_batch_tokens
                         and prefill + len(group.prompt_ids) <= self.limits.max_prefill_tokens)
                 if not fits and (rows or taken):
                     break
-                taken.append(self._waiting.popleft())
+                if picker is None:
+                    taken.append(self._waiting.popleft())
+                else:
+                    picker.take(group)
+                    self._waiting.remove(group)
+                    taken.append(group)
                 self._waiting_rows -= size
                 rows, tokens, prefill = rows + size, tokens + group.tokens, prefill + len(group.prompt_ids)
         return taken

@@ -7,6 +7,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from kubeforge.llm.detokenize import TextAssembler
 from kubeforge.llm.sampling import RowSampler
@@ -70,6 +71,7 @@ class Generation:
         self.finished = False
         self.choices: list[Choice] = []
         self.on_cancel: Callable[[], None] = lambda: None
+        self.share: Any = None  # kubeforge.llm.tenancy.fair.Share: whose request, for weighted fair admission
 
     def cancel(self) -> None:
         """Stop generating (client gone, timeout): the engine frees the rows before its next step. Call it on the

@@ -24,6 +24,7 @@ from kubeforge.llm.generation import Generation
 from kubeforge.llm.metrics import LLMMetrics
 from kubeforge.llm.sampling import SamplingParams
 from kubeforge.llm.settings import LLMServeConfig
+from kubeforge.llm.tenancy.fair import Share
 from kubeforge.models import ModelError
 
 
@@ -116,7 +117,7 @@ class LLMRuntime:
             return sorted(self._names)
 
     def submit(self, model_name: str, prompts: list[list[int]], params: SamplingParams, n: int,
-               loop: asyncio.AbstractEventLoop) -> Generation:
+               loop: asyncio.AbstractEventLoop, share: Share | None = None) -> Generation:
         """Resolve ``model_name`` and queue the choices in one step (see the module docstring)."""
         with self._lock:
             if model_name == self.config.base_name:
@@ -126,6 +127,7 @@ class LLMRuntime:
             else:
                 raise model_not_found(model_name, [self.config.base_name, *self._names])
             generation = Generation(model_name, loop, self.config.max_queue_wait_s)
+            generation.share = share  # the tenant and its weight, for the engine's fair admission
             return self.engine.submit(generation, prompts, params, n, slot)
 
     def check_model(self, model_name: str) -> None:

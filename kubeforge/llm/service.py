@@ -22,6 +22,7 @@ import bentoml
 
 from kubeforge.llm.api import LLMAPI, LLMState, admission_policy, front_door_routes
 from kubeforge.llm.settings import LLMServeConfig, parse_adapter_list
+from kubeforge.llm.tenancy.layer import fair_scheduler, layer_from_env
 from kubeforge.serving.admission import Admission
 from kubeforge.serving.frontdoor import FrontDoor, FrontDoorService
 from kubeforge.serving.meters import Meters
@@ -32,7 +33,8 @@ ADAPTERS_TAG_ENV = "KUBEFORGE_LLM_ADAPTERS_TAG"
 
 CONFIG = LLMServeConfig.from_env()
 METERS = Meters()
-STATE = LLMState(CONFIG, Admission(admission_policy(CONFIG), METERS, service="llm"), METERS)
+STATE = LLMState(CONFIG, Admission(admission_policy(CONFIG), METERS, service="llm"), METERS,
+                 tenancy=layer_from_env(METERS))  # KUBEFORGE_LLM_AUTH, _TENANTS_FILE, _KEYS_DIR (llm.tenancy)
 logger = logging.getLogger("kubeforge.llm")
 
 
@@ -93,6 +95,8 @@ class KubeforgeLLM:
         try:
             base_dir, reference = _base_model()
             runtime = LLMRuntime.load(base_dir, CONFIG, LLMMetrics(), base_source=reference)
+            if STATE.tenancy is not None:
+                runtime.engine.fairness = fair_scheduler(STATE.tenancy)
             for name, source in _startup_adapters().items():
                 try:
                     runtime.load_adapter(name, source)

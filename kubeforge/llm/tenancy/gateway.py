@@ -12,6 +12,7 @@ import os
 import shutil
 import sys
 import tempfile
+from pathlib import Path
 
 from kubeforge.config import ConfigError
 
@@ -23,8 +24,6 @@ def check_settings() -> None:
 
     settings, tenancy = GatewaySettings.from_env(), gateway_tenancy()
     settings.upstream_list()
-    from pathlib import Path
-
     load_snapshot(Path(tenancy.tenants_file), Path(tenancy.keys_dir))
 
 

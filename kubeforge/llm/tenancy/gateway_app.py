@@ -25,10 +25,35 @@ from kubeforge.llm.tenancy.gateway_settings import GatewaySettings, gateway_tena
 from kubeforge.llm.tenancy.gateway_upstream import Upstream, pass_stream, pass_whole, unavailable
 from kubeforge.llm.tenancy.layer import TenantLayer, TenantRequest, current, header
 from kubeforge.llm.tenancy.settings import TenancySettings
-from kubeforge.serving.meters import Meters, SampledGauge
+from kubeforge.serving.meters import Meters
 
 logger = logging.getLogger("kubeforge.llm")
 GENERATION_ROUTES = ("/v1/completions", "/v1/chat/completions")
+
+
+class UpstreamGauges:
+    """Per-upstream gauges (label ``upstream``), sampled at each flush of the worker's meters."""
+
+    GAUGES = (("kubeforge:gateway_upstream_in_flight", "requests forwarded and not done", "livesum",
+               lambda u: u.gate.in_flight),
+              ("kubeforge:gateway_upstream_waiting", "requests in the fair queue", "livesum", lambda u: u.gate.waiting),
+              ("kubeforge:gateway_upstream_up", "1 while the upstream answers", "livemax", lambda u: float(u.up)))
+
+    def __init__(self, upstreams: list[Upstream]):
+        self.upstreams = upstreams
+        self.registry: Any = None
+        self._gauges: list[Any] | None = None
+
+    def flush(self) -> None:
+        if self._gauges is None:
+            from prometheus_client import Gauge
+
+            extra = {} if self.registry is None else {"registry": self.registry}
+            self._gauges = [Gauge(name, text, ["upstream"], multiprocess_mode=mode, **extra)
+                            for name, text, mode, _ in self.GAUGES]
+        for gauge, (_, _, _, read) in zip(self._gauges, self.GAUGES, strict=True):
+            for upstream in self.upstreams:
+                gauge.labels(upstream.config.name).set(read(upstream))
 
 
 def _text_length(value: Any) -> int:
@@ -69,14 +94,7 @@ class GatewayApp:
         self.meters = meters or Meters()
         self.upstreams = [Upstream(config, settings) for config in settings.upstream_list()]
         self.layer = TenantLayer.from_settings(tenancy, self.meters)
-        for upstream in self.upstreams:
-            labels = {"upstream": upstream.config.name}
-            self.meters.add(SampledGauge("kubeforge:gateway_upstream_in_flight", "requests forwarded and not done",
-                                         lambda u=upstream: u.gate.in_flight, labels))
-            self.meters.add(SampledGauge("kubeforge:gateway_upstream_waiting", "requests in the fair queue",
-                                         lambda u=upstream: u.gate.waiting, labels))
-            self.meters.add(SampledGauge("kubeforge:gateway_upstream_up", "1 while the upstream answers",
-                                         lambda u=upstream: float(u.up), labels))
+        self.meters.add(UpstreamGauges(self.upstreams))
         self._refresher: asyncio.Task | None = None
 
     @classmethod

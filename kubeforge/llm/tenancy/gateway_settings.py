@@ -36,7 +36,7 @@ class UpstreamConfig(BaseModel):
 
     name: str = Field(pattern=DNS_LABEL_PATTERN, max_length=63)
     url: str = Field(description="base URL of the OpenAI-compatible server (its /v1 routes are under it)")
-    models: tuple[str, ...] = (ANY_MODEL,)
+    models: tuple[str, ...] = ()  # with base_models also empty: any model ("*")
     base_models: tuple[str, ...] = ()
     max_in_flight: int = Field(64, ge=1, le=100_000, description="requests forwarded at once (per gateway worker); "
                                "the rest wait in the weighted fair queue")
@@ -48,6 +48,10 @@ class UpstreamConfig(BaseModel):
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"{url!r} is not an http:// or https:// URL")
         return url.rstrip("/").removesuffix("/v1")
+
+    @property
+    def any_model(self) -> bool:
+        return ANY_MODEL in self.models or not (self.models or self.base_models)
 
     @property
     def api_key(self) -> str | None:
@@ -77,7 +81,8 @@ class GatewaySettings(_Section):
         try:
             return cls(**values)
         except ValidationError as exc:
-            raise ConfigError(f"gateway settings: {describe_validation_error(exc)} (variables {PREFIX}<NAME>)") from None
+            raise ConfigError(f"gateway settings: {describe_validation_error(exc)} "
+                              f"(variables {PREFIX}<NAME>)") from None
 
     def upstream_list(self) -> list[UpstreamConfig]:
         """The upstreams, checked: names unique, a model routed to one upstream only."""

@@ -40,7 +40,7 @@ class Upstream:
 
     @property
     def serves_anything(self) -> bool:
-        return ANY_MODEL in self.config.models
+        return self.config.any_model
 
     def serves(self, model: str) -> bool:
         return model in self.config.models or model in self.config.base_models

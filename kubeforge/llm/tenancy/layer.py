@@ -35,12 +35,15 @@ from kubeforge.serving.meters import Meters
 
 logger = logging.getLogger("kubeforge.llm")
 _CURRENT: contextvars.ContextVar[TenantRequest | None] = contextvars.ContextVar("kubeforge_tenant", default=None)
-ASGIApp = Callable[[dict, Any, Any], Awaitable[None]]
+ASGIApp = Callable[[dict, Any, Any], Awaitable[Any]]
 
 
 def current() -> TenantRequest | None:
     """The tenant request being served in this task, or None (the layer is off)."""
     return _CURRENT.get()
+
+
+current_tenant_request = current
 
 
 def header(scope: dict, name: bytes) -> bytes | None:
@@ -88,6 +91,21 @@ class TenantRequest:
     def reserve(self, tokens: int) -> None:
         """Take ``tokens`` (prompt + max_tokens over every choice) from the tenant's bucket, or refuse."""
         self.layer.reserve(self, tokens)
+
+    def reserve_for(self, prepared: Any) -> None:
+        """The engine's request (kubeforge.llm.prepare.PreparedRequest): its prompts are counted exactly."""
+        self.stream = prepared.stream
+        self.reserve(sum(len(p) for p in prepared.prompts) + len(prepared.prompts) * prepared.n
+                     * prepared.params.max_tokens)
+
+    def used_by(self, builder: Any, generation: Any, tokenizer: Any) -> None:
+        """What the engine's request used (kubeforge.llm.responses.ResponseBuilder's usage), when it ends."""
+        usage = builder.usage()
+        prompt = completion = None
+        if self.layer.audit is not None and self.layer.audit.include_text:
+            prompt = [tokenizer.decode(ids) for ids in builder.request.prompts]
+            completion = ["".join(builder.texts.get(i, [])) for i in range(builder.choices)]
+        self.used(usage["prompt_tokens"], usage["completion_tokens"], generation.first_token_at, prompt, completion)
 
     def used(self, prompt_tokens: int, completion_tokens: int, first_token_at: float | None = None,
              prompt: Any = None, completion: Any = None) -> None:
@@ -157,28 +175,31 @@ class TenantLayer:
         tenant = request.tenant
         limit = self.tokens_per_minute(tenant)
         if tokens > limit:
+            request.error = "request_too_large"
             raise refusals.too_large(tenant.name, tokens, int(limit))
         wait = self.ledger.reserve(tenant.name, tokens, limit)
         if wait > 0:
             level = self.ledger.level(tenant.name, limit)
+            request.error = refusals.RATE_LIMITED
             raise refusals.over_tokens(tenant.name, tokens, int(limit), level, wait)
         request.reserved += tokens
 
     # ---- one request -----------------------------------------------------------------------------------------
 
-    async def serve(self, scope: dict, receive: Any, send: Any, inner: ASGIApp, drain_limit: int) -> None:
-        """Run ``inner`` (the route's exchange) as the key's tenant, within its concurrency budget."""
+    async def serve(self, scope: dict, receive: Any, send: Any, inner: ASGIApp, drain_limit: int) -> int:
+        """Run ``inner`` (the route's exchange) as the key's tenant, within its concurrency budget; the status
+        sent."""
         ledger = self.ledger
         started = time.perf_counter()
         try:
             tenant, key_id = self.authenticate(header(scope, b"authorization"))
         except APIError as exc:
             await self._refuse(exc, receive, send, drain_limit, None, None, scope, started)
-            return
+            return exc.status
         if not ledger.acquire(tenant.name, self.max_concurrent(tenant), self.tokens_per_minute(tenant)):
             exc = refusals.over_concurrency(tenant.name, self.max_concurrent(tenant))
             await self._refuse(exc, receive, send, drain_limit, tenant, key_id, scope, started)
-            return
+            return exc.status
         request = TenantRequest(self, tenant, key_id, scope.get("path", ""), started=started)
 
         async def watched(message: dict) -> None:
@@ -189,6 +210,7 @@ class TenantLayer:
         token = _CURRENT.set(request)
         try:
             await inner(scope, receive, watched)
+            return request.status or 499
         finally:
             _CURRENT.reset(token)
             ledger.release(tenant.name)
@@ -235,3 +257,21 @@ class TenantLayer:
         tenant, _ = self.authenticate(authorization)
         policy = self.store.snapshot.policy
         return [name for name in served if policy.may_call(tenant, name, base_models)]
+
+
+def layer_from_env(meters: Meters) -> TenantLayer | None:
+    """The LLM service's layer from KUBEFORGE_LLM_* (ConfigError on a bad tenants or key file: refuse to start);
+    None, with a warning line, when authentication is off."""
+    from kubeforge.llm.tenancy.settings import NO_AUTH_WARNING
+
+    settings = TenancySettings.from_env()
+    if not settings.enabled:
+        logger.warning(NO_AUTH_WARNING)
+        return None
+    return TenantLayer.from_settings(settings, meters)
+
+
+def fair_scheduler(layer: TenantLayer) -> Any:
+    from kubeforge.llm.tenancy.fair import FairScheduler
+
+    return FairScheduler(reserve_rows=layer.settings.fair_reserve_rows, active_window_s=layer.settings.fair_window_s)

@@ -13,6 +13,8 @@ from rich.table import Table
 from kubeforge.config import ConfigError, PlatformConfig, RunConfig, load_platform, parse_param_assignments
 from kubeforge.cli_kserve import deploy_kserve
 from kubeforge.cli_runs import app as runs_app
+from kubeforge.cli_tenant_keys import key_app
+from kubeforge.cli_usage import usage
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Kubernetes-native MLOps: train, compress, package and deploy models through KFP pipelines.")
@@ -324,9 +326,12 @@ def serve(
                                                  "one; an LM run: its base model and adapter) or a model directory")],
     host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to listen on")] = 3000,
+    no_auth: Annotated[bool, typer.Option("--no-auth", help="a language model without API keys, budgets or audit "
+                                                            "(local use only; prints a warning)")] = False,
 ) -> None:
     """Serve a model over HTTP with the BentoML service (settings from KUBEFORGE_SERVE_* variables; for a language
-    model, the OpenAI-compatible API with KUBEFORGE_LLM_* variables)."""
+    model, the OpenAI-compatible API with KUBEFORGE_LLM_* variables, and tenants' keys from
+    KUBEFORGE_LLM_TENANTS_FILE and KUBEFORGE_LLM_KEYS_DIR unless --no-auth)."""
     import os
     import sys
 
@@ -338,12 +343,15 @@ def serve(
     if source.exists() and is_lm_source(source):
         from kubeforge.llm.launch import ROUTES, SERVICE, serve_environment
         from kubeforge.llm.source import resolve_lm_source
+        from kubeforge.llm.tenancy.settings import NO_AUTH_WARNING, serve_auth_environment
 
         try:
             served = resolve_lm_source(source)
-            environment = serve_environment(served, os.environ)
+            environment = serve_auth_environment(serve_environment(served, os.environ), no_auth)
         except ConfigError as exc:
             fail(str(exc))
+        if no_auth:
+            errors.print(NO_AUTH_WARNING, highlight=False, markup=False, soft_wrap=True)
         console.print(f"serving {served.why} on http://{host}:{port} ({ROUTES})")
         os.execve(str(bentoml), [str(bentoml), "serve", SERVICE, "--host", host, "--port", str(port)], environment)
     try:
@@ -405,14 +413,23 @@ def tenant_add(
              "build (Kaniko runs as root)")] = "restricted",
     force: Annotated[bool, typer.Option(help="overwrite hand-edited files")] = False,
     repo: RepoOption = Path("."),
+    llm_tokens_per_minute: Annotated[int | None, typer.Option(
+        help="LLM service budget: prompt + completion tokens per minute")] = None,
+    llm_max_concurrent: Annotated[int | None, typer.Option(help="LLM service budget: requests at once")] = None,
+    llm_weight: Annotated[float, typer.Option(help="LLM service: share of the batch against other tenants")] = 1.0,
 ) -> None:
-    """Write the tenant's overlay, Argo CD project and app set, Flux objects and per-env release lists; idempotent;
-    commit the result for review."""
+    """Write the tenant's overlay, Argo CD project and app set, Flux objects and per-env release lists (and, with an
+    LLM budget, the LLM service's tenants ConfigMap); idempotent; commit the result for review."""
     from kubeforge.deploy.tenants import add_tenant
+    from kubeforge.llm.tenancy.gitops import LLM_DIR, write_tenants
 
     try:
         result = add_tenant(repo, name, gpus=gpus, cpu=cpu, memory=memory, owner=owner, gpu_resource=gpu_resource,
-                            kubeflow=kubeflow, queue=queue, pod_security=pod_security, force=force)
+                            kubeflow=kubeflow, queue=queue, pod_security=pod_security, force=force,
+                            llm_tokens_per_minute=llm_tokens_per_minute, llm_max_concurrent=llm_max_concurrent,
+                            llm_weight=llm_weight)
+        if llm_tokens_per_minute is not None or (repo / LLM_DIR).is_dir():
+            result.written.extend(write_tenants(repo))
     except ConfigError as exc:
         fail(str(exc))
     if not result.written:
@@ -431,6 +448,10 @@ def tenant_list(repo: RepoOption = Path(".")) -> None:
         table.add_row(tenant.name, tenant.owner, f"{tenant.gpus} {tenant.gpu_resource}", tenant.cpu, tenant.memory,
                       tenant.pod_security)
     console.print(table)
+
+
+tenant_app.add_typer(key_app, name="key")
+app.command("usage")(usage)
 
 
 job_app = typer.Typer(help="Distributed training jobs: what the train-distributed step creates.",

@@ -46,6 +46,34 @@ class TenantInfo:
     kubeflow: bool = False
     queue: bool = False
     pod_security: str = "restricted"
+    # the tenant's LLM budget (kubeforge.llm.tenancy): kept beside its quota, as annotations of its namespace object
+    llm_tokens_per_minute: int | None = None
+    llm_max_concurrent: int | None = None
+    llm_weight: float = 1.0
+
+
+LLM_ANNOTATIONS = {"llm_tokens_per_minute": "kubeforge.io/llm-tokens-per-minute",
+                   "llm_max_concurrent": "kubeforge.io/llm-max-concurrent", "llm_weight": "kubeforge.io/llm-weight"}
+
+
+def _llm_annotations(info: TenantInfo) -> dict[str, str]:
+    if info.llm_tokens_per_minute is None:
+        return {}
+    weight = int(info.llm_weight) if info.llm_weight == int(info.llm_weight) else info.llm_weight
+    return {LLM_ANNOTATIONS["llm_tokens_per_minute"]: str(info.llm_tokens_per_minute),
+            LLM_ANNOTATIONS["llm_max_concurrent"]: str(info.llm_max_concurrent),
+            LLM_ANNOTATIONS["llm_weight"]: str(weight)}
+
+
+def check_llm_budget(name: str, tokens_per_minute: int | None, max_concurrent: int | None, weight: float) -> None:
+    """Both budgets or neither; each a positive whole number, the weight positive (named by tenant)."""
+    if (tokens_per_minute is None) != (max_concurrent is None):
+        raise TenantError(f"tenant {name}: give both --llm-tokens-per-minute and --llm-max-concurrent (or neither)")
+    for what, value in (("llm tokens per minute", tokens_per_minute), ("llm max concurrent", max_concurrent)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+            raise TenantError(f"tenant {name}: {what} must be a whole number greater than 0, got {value!r}")
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
+        raise TenantError(f"tenant {name}: llm weight must be greater than 0, got {weight!r}")
 
 
 # restricted by default; baseline lets the in-cluster image build run (Kaniko needs root), nothing laxer is offered
@@ -93,11 +121,15 @@ def _namespace(info: TenantInfo) -> str:
         document = {"apiVersion": "kubeflow.org/v1", "kind": "Profile", "metadata": {"name": info.name},
                     "spec": {"owner": {"kind": "Group", "apiGroup": "rbac.authorization.k8s.io", "name": info.owner},
                              "resourceQuotaSpec": {"hard": _hard(info)}}}
+        if _llm_annotations(info):
+            document["metadata"]["annotations"] = _llm_annotations(info)
     else:
         document = {"apiVersion": "v1", "kind": "Namespace",
                     "metadata": {"name": info.name, "labels": {"pipelines.kubeflow.org/enabled": "true",
                                                                POD_SECURITY_LABEL: info.pod_security,
                                                                "app.kubernetes.io/part-of": "kubeforge"}}}
+        if _llm_annotations(info):
+            document["metadata"]["annotations"] = _llm_annotations(info)
     return HEADER + yaml.safe_dump(document, sort_keys=False)
 
 
@@ -276,7 +308,8 @@ def _with_resource(path: Path, entry: str) -> str:
 
 def add_tenant(repo_root: str | Path, name: str, *, gpus: int, cpu: str, memory: str, owner: str,
                gpu_resource: str = "nvidia.com/gpu", kubeflow: bool = False, queue: bool = False,
-               pod_security: str = "restricted", force: bool = False) -> TenantResult:
+               pod_security: str = "restricted", force: bool = False, llm_tokens_per_minute: int | None = None,
+               llm_max_concurrent: int | None = None, llm_weight: float = 1.0) -> TenantResult:
     """Write (or confirm) the tenant's overlay and Argo CD objects; every check runs before anything is written."""
     root = Path(repo_root)
     validate_name(name)
@@ -294,10 +327,13 @@ def add_tenant(repo_root: str | Path, name: str, *, gpus: int, cpu: str, memory:
     if kubeflow and pod_security != "restricted":
         raise TenantError("--pod-security applies to plain namespaces; with --kubeflow the profile controller labels "
                           "the namespace (set the level in its namespace labels)")
+    check_llm_budget(name, llm_tokens_per_minute, llm_max_concurrent, llm_weight)
     if not (root / "manifests" / "tenants" / "base" / "kustomization.yaml").is_file():
         raise TenantError(f"{root} has no manifests/tenants/base; run this in the GitOps repository")
     info = TenantInfo(name=name, owner=owner, gpus=gpus, gpu_resource=gpu_resource, cpu=cpu, memory=memory,
-                      kubeflow=kubeflow, queue=queue, pod_security=pod_security)
+                      kubeflow=kubeflow, queue=queue, pod_security=pod_security,
+                      llm_tokens_per_minute=llm_tokens_per_minute, llm_max_concurrent=llm_max_concurrent,
+                      llm_weight=float(llm_weight))
     queued = [LOCAL_QUEUE_FILE] if queue else []
     overlay_dir = root / "manifests" / "tenants" / name
     if (overlay_dir / NAMESPACE_FILES[not kubeflow]).is_file() and not force:
@@ -372,8 +408,23 @@ def list_tenants(repo_root: str | Path) -> list[TenantInfo]:
                                   cpu=hard.get("requests.cpu", "?"), memory=hard.get("requests.memory", "?"),
                                   kubeflow=(overlay.parent / NAMESPACE_FILES[True]).is_file(),
                                   queue=any(overlay.parent.rglob(LOCAL_QUEUE_FILE)),
-                                  pod_security=_pod_security(overlay.parent)))
+                                  pod_security=_pod_security(overlay.parent), **_llm_budget(overlay.parent)))
     return tenants
+
+
+def _llm_budget(overlay_dir: Path) -> dict:
+    """The LLM budget annotations of the tenant's Namespace or Profile, as TenantInfo fields."""
+    for name in NAMESPACE_FILES.values():
+        if (overlay_dir / name).is_file():
+            metadata = yaml.safe_load((overlay_dir / name).read_text()).get("metadata") or {}
+            annotations = metadata.get("annotations") or {}
+            found = {field: annotations[key] for field, key in LLM_ANNOTATIONS.items() if key in annotations}
+            try:
+                return {field: float(v) if field == "llm_weight" else int(v) for field, v in found.items()}
+            except ValueError:
+                raise TenantError(f"tenant {overlay_dir.name}: an LLM budget annotation is not a number: "
+                                  f"{found}") from None
+    return {}
 
 
 def _pod_security(overlay_dir: Path) -> str:

@@ -68,3 +68,18 @@ class TenancySettings(_Section):
         prefix = prefix or self.ENV_PREFIX
         return {f"{prefix}{name.upper()}": str(value).lower() if isinstance(value, bool) else str(value)
                 for name, value in self.model_dump().items()}
+
+
+def serve_auth_environment(environ: Mapping[str, str], no_auth: bool) -> dict[str, str]:
+    """`kubeforge serve`'s environment: authentication off only when asked (--no-auth); otherwise required, with the
+    tenants file and keys checked now so a bad budget or key file is refused before the server starts."""
+    if no_auth:
+        return {**environ, "KUBEFORGE_LLM_AUTH": "off"}
+    env = {**environ, "KUBEFORGE_LLM_AUTH": "required"}
+    settings = TenancySettings.from_env(env)
+    from pathlib import Path
+
+    from kubeforge.llm.tenancy.store import load_snapshot
+
+    load_snapshot(Path(settings.tenants_file), Path(settings.keys_dir))
+    return env

@@ -7,7 +7,7 @@ patterns), ``sections`` (classifier, serving, cluster, distributed), ``language`
 and its flat parameters), ``platform`` (scheduling profiles, the platform file, submission).
 """
 
-from kubeforge.config.base import (DNS_LABEL, DNS_LABEL_PATTERN, IMAGE_REFERENCE, ConfigError, _Section,
+from kubeforge.config.base import (DNS_LABEL, DNS_LABEL_PATTERN, IMAGE_REFERENCE, ConfigError, EnvSection, _Section,
                                    describe_validation_error)
 from kubeforge.config.language import (FINETUNE_DEFAULTS, LM_COMPRESSION_METHODS, MODEL_SOURCE_HELP, PRETRAIN_DEFAULTS,
                                        SCRATCH_PRESETS, LMCompressConfig, LMDataConfig, LMModelConfig, LMRuntimeConfig, LMTrainConfig, LoRAConfig)

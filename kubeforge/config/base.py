@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import re
 
+import os
+from collections.abc import Iterable, Mapping
+from typing import ClassVar
+
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 
@@ -31,3 +35,38 @@ def describe_validation_error(exc: ValidationError) -> str:
         problems.append(f"{name}: {error['msg']}")
     return "; ".join(problems)
 
+
+
+def check_method_chains(value: list[str], known: Iterable[str], what: str) -> list[str]:
+    """Candidates are methods or '+' chains of them; every link must be a known method."""
+    known = tuple(known)
+    if not value:
+        raise ValueError("at least one compression method is required")
+    for candidate in value:
+        for method in candidate.split("+"):
+            if method not in known:
+                raise ValueError(f"unknown {what} {method!r} in {candidate!r}; known: {', '.join(known)}")
+    return value
+
+
+class EnvSection(_Section):
+    """A section a pod reads from ``<ENV_PREFIX><FIELD>`` variables, which the chart renders from ``to_env``."""
+
+    ENV_PREFIX: ClassVar[str] = ""
+    ENV_LABEL: ClassVar[str] = "environment"
+
+    def to_env(self) -> dict[str, str]:
+        """The environment a serving pod gets (the chart renders exactly these names)."""
+        return {f"{self.ENV_PREFIX}{name.upper()}": str(value) for name, value in self.model_dump().items()}
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None):
+        """Read the prefixed variables; a bad value is a ConfigError naming the variable."""
+        environ = os.environ if environ is None else environ
+        values = {name: environ[f"{cls.ENV_PREFIX}{name.upper()}"] for name in cls.model_fields
+                  if f"{cls.ENV_PREFIX}{name.upper()}" in environ}
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            raise ConfigError(f"{cls.ENV_LABEL}: {describe_validation_error(exc)} "
+                              f"(variables {cls.ENV_PREFIX}<NAME>)") from None

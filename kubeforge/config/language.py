@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from kubeforge.config.base import _Section
+from kubeforge.config.base import _Section, check_method_chains
 
 MODEL_SOURCE_HELP = ("local directory, hf://org/name[@revision], s3:// or gs:// (or any fsspec URI), "
                      "pvc://claim/path, or scratch:<preset> (a small Llama built here)")
@@ -151,11 +151,4 @@ class LMCompressConfig(_Section):
     @field_validator("lm_compress_methods")
     @classmethod
     def _known_methods(cls, value: list[str]) -> list[str]:
-        if not value:
-            raise ValueError("at least one compression method is required")
-        for candidate in value:
-            for method in candidate.split("+"):
-                if method not in LM_COMPRESSION_METHODS:
-                    raise ValueError(f"unknown LM compression method {method!r} in {candidate!r}; "
-                                     f"known: {', '.join(LM_COMPRESSION_METHODS)}")
-        return value
+        return check_method_chains(value, LM_COMPRESSION_METHODS, "LM compression method")

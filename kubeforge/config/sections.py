@@ -3,13 +3,12 @@ language models."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from typing import ClassVar, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from kubeforge.config.base import DNS_LABEL_PATTERN, IMAGE_REFERENCE, ConfigError, _Section, describe_validation_error
+from kubeforge.config.base import (DNS_LABEL_PATTERN, IMAGE_REFERENCE, EnvSection, _Section,
+                                   check_method_chains)
 
 BUNDLED_DATASETS = ("digits", "breast_cancer", "wine", "iris")
 
@@ -104,14 +103,7 @@ class CompressConfig(_Section):
     @field_validator("compress_methods")
     @classmethod
     def _known_methods(cls, value: list[str]) -> list[str]:
-        if not value:
-            raise ValueError("at least one compression method is required")
-        for candidate in value:
-            for method in candidate.split("+"):
-                if method not in COMPRESSION_METHODS:
-                    raise ValueError(f"unknown compression method {method!r} in {candidate!r}; "
-                                     f"known: {', '.join(COMPRESSION_METHODS)}")
-        return value
+        return check_method_chains(value, COMPRESSION_METHODS, "compression method")
 
     @field_validator("student_hidden_sizes")
     @classmethod
@@ -159,7 +151,7 @@ class ClusterConfig(_Section):
         return self
 
 
-class ServeConfig(_Section):
+class ServeConfig(EnvSection):
     """How the BentoML service runs; the Helm chart passes these through as environment variables.
 
     Admission (kubeforge.serving.admission): at most ``max_concurrency`` requests in flight per pod (fixed), or a
@@ -198,22 +190,7 @@ class ServeConfig(_Section):
         return self
 
     ENV_PREFIX: ClassVar[str] = "KUBEFORGE_SERVE_"
-
-    def to_env(self) -> dict[str, str]:
-        """The environment a serving pod gets (the chart renders exactly these names)."""
-        return {f"{self.ENV_PREFIX}{name.upper()}": str(value) for name, value in self.model_dump().items()}
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> ServeConfig:
-        """Read KUBEFORGE_SERVE_<FIELD> variables; a bad value is a ConfigError naming the variable."""
-        environ = os.environ if environ is None else environ
-        values = {name: environ[f"{cls.ENV_PREFIX}{name.upper()}"] for name in cls.model_fields
-                  if f"{cls.ENV_PREFIX}{name.upper()}" in environ}
-        try:
-            return cls(**values)
-        except ValidationError as exc:
-            raise ConfigError(f"serving environment: {describe_validation_error(exc)} "
-                              f"(variables {cls.ENV_PREFIX}<NAME>)") from None
+    ENV_LABEL: ClassVar[str] = "serving environment"
 
 
 class DistributedConfig(_Section):

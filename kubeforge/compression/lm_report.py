@@ -32,7 +32,8 @@ def lm_compression_markdown(report: dict[str, Any]) -> str:
     lines += ["", "Notes:"] + [f"- {m['name']}: {'; '.join(m['notes'])}" for m in report["candidates"]]
     env = report["environment"]
     lines += ["", f"Decode: {work['decode_steps']} steps after the prompt, TTFT: a {work['ttft_prompt_tokens']}-token "
-              f"prompt; {work['threads']} thread(s), median of {work['rounds']} interleaved round(s). Measured on "
+              f"prompt; {work['threads']} thread(s), the fastest of {work['rounds']} round(s) (median step within "
+              "each). Measured on "
               f"{env['cores']} cores, CPU flags {', '.join(env['cpu_flags']) or 'none'}; "
               + ", ".join(f"{k} {v}" for k, v in env["versions"].items()) + "."]
     return "\n".join(lines) + "\n"

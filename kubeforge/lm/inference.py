@@ -113,9 +113,10 @@ class TorchRunner(_Runner):
         with torch.inference_mode():
             if cache is None:
                 cache = DynamicCache(config=self.model.config)
-            tensors = [torch.from_numpy(a).to(self.device) for a in (ids, mask, positions)]
-            output = self.model(input_ids=tensors[0], attention_mask=tensors[1], position_ids=tensors[2],
-                                cache=cache, use_cache=True)
+            # no padding: no mask, so transformers takes its causal fast path instead of building one per step
+            attention = None if mask.all() else torch.from_numpy(mask).to(self.device)
+            output = self.model(input_ids=torch.from_numpy(ids).to(self.device), attention_mask=attention,
+                                position_ids=torch.from_numpy(positions).to(self.device), cache=cache, use_cache=True)
             return output.logits.float().cpu().numpy(), cache
 
 
@@ -214,10 +215,21 @@ class Generation:
     decode_steps: int
     batch: int
     rows_at_eos: list[bool] = field(default_factory=list)
+    step_seconds: list[float] = field(default_factory=list)  # each decode step (incl. its argmax)
 
     @property
     def decode_tokens_per_second(self) -> float:
         return self.batch * self.decode_steps / self.decode_seconds if self.decode_seconds > 0 else 0.0
+
+    @property
+    def median_step_tokens_per_second(self) -> float:
+        """Tokens/s from the median decode step: robust to the odd step another process preempts."""
+        if not self.step_seconds:
+            return 0.0
+        ordered = sorted(self.step_seconds)
+        middle = len(ordered) // 2
+        median = ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+        return self.batch / median if median > 0 else 0.0
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -248,7 +260,7 @@ def greedy_generate(runner: CausalLMRunner, prompts: Sequence[Sequence[int]], ma
     prefill_seconds = time.perf_counter() - started
     generated = [next_ids]
     done = np.zeros(len(ids), dtype=bool)
-    steps = 0
+    step_seconds: list[float] = []
     started = time.perf_counter()
     while len(generated) < max_new_tokens:
         if stop_at_eos and eos_id is not None:
@@ -256,10 +268,11 @@ def greedy_generate(runner: CausalLMRunner, prompts: Sequence[Sequence[int]], ma
             if done.all():
                 break
             next_ids = np.where(done, eos_id, next_ids)
+        step_started = time.perf_counter()
         logits, state = runner.decode(next_ids, state)
         next_ids = logits.argmax(axis=-1)
+        step_seconds.append(time.perf_counter() - step_started)
         generated.append(next_ids)
-        steps += 1
     decode_seconds = time.perf_counter() - started
     matrix = np.stack(generated, axis=1).tolist()
     tokens, at_eos = [], []
@@ -271,7 +284,7 @@ def greedy_generate(runner: CausalLMRunner, prompts: Sequence[Sequence[int]], ma
             at_eos.append(False)
         tokens.append(row)
     return Generation(tokens=tokens, prefill_seconds=prefill_seconds, decode_seconds=decode_seconds,
-                      decode_steps=steps, batch=len(ids), rows_at_eos=at_eos)
+                      decode_steps=len(step_seconds), batch=len(ids), rows_at_eos=at_eos, step_seconds=step_seconds)
 
 
 class LightTokenizer:

@@ -13,10 +13,12 @@ def lm_report(
     lm_evaluation: Input[Artifact],
     run_report: Output[HTML],
     pretrained_model: Input[Model] = None,
+    compressed_model: Input[Model] = None,
 ):
     from kubeforge.artifacts import label
     from kubeforge.lm.steps import lm_report_step
 
     lm_report_step(lm_splits.path, finetuned_model.path, lm_evaluation.path, run_report.path,
-                   pretrained_dir=pretrained_model.path if pretrained_model is not None else None)
+                   pretrained_dir=pretrained_model.path if pretrained_model is not None else None,
+                   compressed_dir=compressed_model.path if compressed_model is not None else None)
     label(run_report, "Run report")

@@ -35,7 +35,8 @@ def build(placement: Placement) -> Callable:
                                  pretrained_model=base, **section_args(p, "lm_data", "lm_runtime", "lm_compress"))
         compressed.after(scored)
         summary = lm_report(lm_splits=splits, finetuned_model=tuned.outputs["finetuned_model"], pretrained_model=base,
-                            lm_evaluation=scored.outputs["lm_evaluation"])
+                            lm_evaluation=scored.outputs["lm_evaluation"],
+                            compressed_model=compressed.outputs["compressed_model"])
         for task, name in ((data, "lm-data"), (pretrained, "lm-pretrain"), (tuned, "lm-finetune"),
                            (scored, "lm-evaluate"), (compressed, "lm-compress"), (summary, "report")):
             task.set_display_name(name)

@@ -224,7 +224,20 @@ def summarise_lm_run(run_dir: str | Path) -> dict[str, Any]:
                 "perplexity_ratio": scores["perplexity_ratio"],
                 "next_token_accuracy": scores["finetuned"]["next_token_accuracy"],
                 "base_next_token_accuracy": scores["base"]["next_token_accuracy"]}
-    return {"training": training, "test": test, "compression": None}
+    return {"training": training, "test": test, "compression": _compression_summary(run_dir)}
+
+
+def _compression_summary(run_dir: Path) -> dict[str, Any] | None:
+    reports = sorted(run_dir.glob("lm-compress*/compressed_model/compression.json"))
+    if not reports:
+        return None
+    report = json.loads(reports[0].read_text())
+    chosen = next((c for c in report.get("candidates", []) if c.get("name") == report.get("chosen")), None)
+    summary = {"chosen": report.get("chosen"), "gate": report.get("gate"), "objective": report.get("objective")}
+    if chosen:
+        summary.update({key: chosen[key] for key in ("perplexity", "perplexity_increase_pct", "greedy_agreement",
+                                                      "size_ratio", "decode_tokens_s_b1") if key in chosen})
+    return summary
 
 
 def training_metrics(result: dict[str, Any]) -> dict[str, float]:

@@ -37,7 +37,7 @@ COMPONENT_SECTIONS = {
     "preprocess": ("data",), "train": ("model", "train"), "compress": ("compress",),
     "lm_data": ("lm_data",), "lm_pretrain": ("lm_model", "lm_data", "pretrain", "lm_runtime"),
     "lm_finetune": ("lm_model", "lm_data", "finetune", "lm_runtime", "lora"),
-    "lm_evaluate": ("lm_model", "lm_data", "lm_runtime")}
+    "lm_evaluate": ("lm_model", "lm_data", "lm_runtime"), "lm_compress": ("lm_data", "lm_runtime", "lm_compress")}
 
 
 @pytest.mark.parametrize("component", sorted(COMPONENT_SECTIONS))
@@ -100,8 +100,8 @@ def _assert_placed_on(ir, task, profile):
                                              ("train-compress-cluster",
                                               LIGHT_TASKS + ("compress", "package", "build-image", "promote",
                                                              "train-distributed")),
-                                             ("lm-pretrain-finetune", ("lm-data", "lm-evaluate", "lm-report")),
-                                             ("lm-finetune", ("lm-data", "lm-evaluate", "lm-report"))])
+                                             ("lm-pretrain-finetune", ("lm-data", "lm-evaluate", "lm-compress", "lm-report")),
+                                             ("lm-finetune", ("lm-data", "lm-evaluate", "lm-compress", "lm-report"))])
 @pytest.mark.parametrize("profile_name", PROFILES)
 def test_every_other_step_stays_on_the_default_profile_with_requests(compile_with, platform, pipeline, light,
                                                                      profile_name):

@@ -104,7 +104,9 @@ def _placement(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def _environment(values: dict[str, Any]) -> list[dict[str, str]]:
-    env = {**ServeConfig(**values["serving"]).to_env(), PROTOCOL_ENV: PROTOCOL, "TMPDIR": "/tmp"}
+    # as the chart: an LLM Bento behind this object never runs without API keys
+    env = {**ServeConfig(**values["serving"]).to_env(), PROTOCOL_ENV: PROTOCOL, "TMPDIR": "/tmp",
+           "KUBEFORGE_LLM_AUTH": "required"}
     if values["gpu"]["enabled"]:
         # as in the chart: the device plugin already exposes exactly the pod's GPUs; BentoML must not re-assign them
         env["BENTOML_DISABLE_GPU_ALLOCATION"] = "true"

@@ -158,3 +158,19 @@ def test_guardrails_refuse_contradictions(render, args, message):
 ])
 def test_schema_rejects_wrong_types_and_unknown_keys(render, args, message):
     assert message in render.error(*args)
+
+
+def test_llm_values_render_the_llmserveconfig_env_cache_shm_and_long_startup(render):
+    from kubeforge.llm.settings import LLMServeConfig
+
+    schema = json.loads((CHART / "values.schema.json").read_text())["properties"]["llm"]["properties"]["settings"]
+    assert set(schema["properties"]) == set(LLMServeConfig.model_fields) and schema["additionalProperties"] is False
+    spec = pod_spec(render.objects("-f", str(CHART / "ci" / "llm-values.yaml")))
+    env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
+    settings = LLMServeConfig.from_env({k: v for k, v in env.items() if v is not None})
+    assert settings.device == "cuda" and settings.max_running == 16
+    assert "HF_TOKEN" in env and spec["containers"][0]["startupProbe"]["failureThreshold"] == 180
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["dshm"]["emptyDir"]["medium"] == "Memory"
+    assert volumes["model-cache"]["persistentVolumeClaim"]["claimName"] == "llm-model-cache"
+    assert "dshm" not in {v["name"] for v in pod_spec(render.objects())["volumes"]}

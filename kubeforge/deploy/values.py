@@ -56,6 +56,13 @@ def scheduling_values(profile: SchedulingProfile) -> dict[str, Any]:
 def values_for_run(source: str | Path, profile: SchedulingProfile, image: str,
                    serve: ServeConfig | None = None) -> dict[str, Any]:
     """Chart values for the model of ``source`` (a run or model directory) placed by ``profile``."""
+    from kubeforge.llm.source import is_lm_source, resolve_lm_source
+
+    if is_lm_source(source):
+        served = resolve_lm_source(source)
+        return {"image": image_values(image), **scheduling_values(profile), "llm": {"enabled": True},
+                "podAnnotations": {"kubeforge.io/model-dir": str(served.base), "kubeforge.io/profile": profile.name,
+                                   "kubeforge.io/adapters": ",".join(sorted(served.adapters))}}
     model_dir = resolve_model_dir(source)
     spec = load_spec(model_dir)
     values: dict[str, Any] = {"image": image_values(image), **scheduling_values(profile),

@@ -58,3 +58,15 @@ def test_bad_inputs_are_named(model_dir, tmp_path):
         write_values(model_dir, tmp_path / "v.yaml", load_platform(), "gpu-v100", "reg.io/a/b:1")
     with pytest.raises(ConfigError, match="does not exist"):
         values_for_run(tmp_path / "missing", load_platform().profile("cpu"), "reg.io/a/b:1")
+
+
+def test_an_lm_run_gets_llm_values_that_render(render, tmp_path):
+    model = tmp_path / "run" / "lm-pretrain" / "pretrained_model"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    (model / "model.safetensors").write_bytes(b"")
+    path = write_values(tmp_path / "run", tmp_path / "v.yaml", load_platform(), "gpu-t4", "reg.io/a/llm:1.0")
+    values = yaml.safe_load(path.read_text())
+    assert values["llm"] == {"enabled": True} and "serving" not in values
+    assert values["podAnnotations"]["kubeforge.io/model-dir"] == str(model)
+    assert validate_objects(render.objects("-f", str(path))) == []

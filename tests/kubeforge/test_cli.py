@@ -153,7 +153,7 @@ def test_a_failing_step_ends_with_its_cause_and_verbose_streams_the_steps(tmp_pa
     assert last == (f"error: {few}: class '0' has 3 rows; a stratified split with val_fraction=0.15 and "
                     "test_fraction=0.2 needs at least 8")
     log = log_line.removeprefix("step preprocess failed; its log: ")
-    assert "kubeforge.data.DataError" in open(log).read()
+    assert "kubeforge.errors.DataError" in open(log).read()
     assert "[KFP Executor" in done.stdout and "Traceback (most recent call last)" in done.stdout  # streamed
 
 

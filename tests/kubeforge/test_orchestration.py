@@ -90,7 +90,7 @@ def test_a_failing_step_is_reported_in_its_own_words(tmp_path):
                           "test_fraction=0.2 needs at least 8")
     assert error.step == "preprocess" and error.user_error
     assert error.log == error.run_dir / "preprocess" / "log.txt"
-    assert "kubeforge.data.DataError: " + str(error) in error.log.read_text()
+    assert "kubeforge.errors.DataError: " + str(error) in error.log.read_text()
 
 
 def test_bad_data_is_refused_before_any_step_starts(tmp_path):

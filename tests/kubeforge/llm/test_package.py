@@ -135,7 +135,7 @@ def test_the_built_bento_serves_the_base_and_the_adapter(built, lm_run, tmp_path
 @pytest.mark.server
 def test_kubeforge_serve_runs_the_llm_service_on_an_lm_run(lm_run, tmp_path):
     kubeforge = str(Path(sys.executable).parent / "kubeforge")
-    server = LLMServer(tmp_path, [kubeforge, "serve", str(lm_run)], KUBEFORGE_LLM_THREADS="1")
+    server = LLMServer(tmp_path, [kubeforge, "serve", str(lm_run), "--no-auth"], KUBEFORGE_LLM_THREADS="1")
     try:
         server.wait("/readyz", 200)
         assert_serves_the_run(server, lm_run)

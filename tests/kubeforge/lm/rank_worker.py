@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     join_process_group(rendezvous, "gloo")
     model = tiny_model()
     if args.method == "lora":
-        model = prepare_for_finetuning(model, LoRAConfig(lora_rank=4, lora_dropout=0.1), "cpu")
+        model = prepare_for_finetuning(model, LoRAConfig(lora_rank=4, lora_dropout=0.1, lora_target_modules=["q_proj", "v_proj"]), "cpu")
     config = LMTrainConfig(steps=args.steps, learning_rate=args.lr, warmup_steps=2, batch_size=8, grad_accum=2,
                            patience=50)
     runtime = LMRuntimeConfig(lm_device="cpu", eval_interval=3, checkpoint_interval=args.checkpoint_interval,

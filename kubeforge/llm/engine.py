@@ -257,7 +257,8 @@ class Engine:
                 if group is None:
                     break
                 size = len(group.choices)
-                fits = (rows + size <= self.limits.max_running and tokens + group.tokens <= self.limits.max_batch_tokens
+                limit = self.limits.max_running if picker is None else picker.row_limit(group)
+                fits = (rows + size <= limit and tokens + group.tokens <= self.limits.max_batch_tokens
                         and prefill + len(group.prompt_ids) <= self.limits.max_prefill_tokens)
                 if not fits and (rows or taken):
                     break

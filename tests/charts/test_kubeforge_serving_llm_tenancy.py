@@ -23,7 +23,7 @@ def test_the_tenants_keys_and_budgets_are_mounted(render):
     spec = pod_spec(objects)
     env = env_of(spec)
     settings = TenancySettings.from_env(env)  # what the service reads from exactly these variables
-    assert settings.enabled and settings.budget_fraction == 0.5 and settings.fair_reserve_rows == 2
+    assert settings.enabled and settings.budget_fraction == 0.5 and settings.fair_burst_rows == 32
     mounts = {m["mountPath"]: m for m in spec["containers"][0]["volumeMounts"]}
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert volumes[mounts[settings.keys_dir]["name"]]["secret"]["secretName"] == "kubeforge-llm-keys"

@@ -6,17 +6,24 @@ is smallest. A tenant that was idle starts at the current virtual time: it is se
 from its idle time, which the busy tenants used meanwhile (the idle share is lent, never owed). Within a tenant the
 order stays FIFO. Without tenants every request belongs to one tenant (``None``) and the order is plain FIFO.
 
-The engine also keeps ``reserve_rows`` batch rows for tenants below their weighted share of the batch: a tenant at
-or above its share (among tenants seen in the last ``active_window_s``) may fill the batch only up to
-``max_running - reserve_rows``, so another tenant's request finds a free row at the next step instead of waiting
-for one of the busy tenant's sequences to end. The engine uses ``FairScheduler`` between decode steps; the gateway
-uses ``FairGate`` in front of each upstream.
+The engine also guarantees each tenant its weighted share of the batch's rows (``max_running`` split by the
+weights of the tenants seen in the last ``active_window_s``): a tenant below its share joins at the next step even
+when busier tenants have filled every row, in rows beyond ``max_running`` (at most its unused share, capped by
+``burst_rows``), instead of waiting for one of their sequences to end; a tenant at or above its share joins only
+below ``max_running``. Nobody is preempted and no row is held back while nobody needs it: the busy tenants borrow
+every unused share. The KV budget (``max_batch_tokens``) still bounds the batch. And while several tenants are active, each prefills at most
+``prefill_tokens`` prompt tokens per step (at least one request): a flood of arrivals is prefilled over several
+short steps instead of one long forward that every other tenant's first token would wait behind; a step that
+prefills a request of a tenant below its share prefills nothing of the tenants at or above theirs (they join at
+the next step), so that first token waits for its own prompt only. The engine uses ``FairScheduler`` between decode steps; the
+gateway uses ``FairGate`` in front of each upstream.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -72,32 +79,48 @@ class Picker:
             self.rows[share.tenant] += 1
             self.weights.setdefault(share.tenant, share.weight)
         self.running = sum(self.rows.values())
+        self.prefilled: collections.Counter = collections.Counter()  # prompt tokens taken per tenant in this pass
+        self.light_joined = False  # a tenant below its share joins in this pass
         scheduler.saw(self.weights)
+        self.contended = scheduler.active_tenants() > 1
 
-    def _allowed(self, tenant: str | None, size: int) -> bool:
-        reserve = self.scheduler.reserve_rows
-        if not reserve or self.max_running - self.running - size >= reserve:
-            return True
-        return self.rows[tenant] < self.scheduler.fair_rows(tenant, self.max_running)
+    def row_limit(self, group: Any) -> int:
+        """Rows the batch may hold once ``group`` joins: for a tenant below its share, its unused share more."""
+        tenant = share_of(group).tenant
+        unused = self.scheduler.fair_rows(tenant, self.max_running) - self.rows[tenant]
+        if self.scheduler.burst_rows and unused > 0:
+            return self.max_running + min(self.scheduler.burst_rows, math.ceil(unused))
+        return self.max_running
 
     def next(self) -> Any | None:
-        """The group to admit next, or None (nothing waits, or only tenants over their share near a full batch)."""
+        """The group to admit next among those whose rows fit, or None."""
         best, best_key = None, None
         for tenant, queue in self.queues.items():
             group = queue[0]
-            if not self._allowed(tenant, len(group.choices)):
+            if self.running and self.running + len(group.choices) > self.row_limit(group):
+                continue
+            cap = self.scheduler.prefill_tokens
+            if self.contended and cap and self.prefilled[tenant] and \
+                    self.prefilled[tenant] + len(group.prompt_ids) > cap:
+                continue
+            if self.contended and self.light_joined and not self._below_share(tenant):
                 continue
             key = (self.scheduler.clock.start(tenant), group.choices[0].generation.arrival)
             if best_key is None or key < best_key:
                 best, best_key = group, key
         return best
 
+    def _below_share(self, tenant: str | None) -> bool:
+        return self.rows[tenant] < self.scheduler.fair_rows(tenant, self.max_running)
+
     def take(self, group: Any) -> None:
         share = share_of(group)
+        self.light_joined |= self.contended and self._below_share(share.tenant)
         self.queues[share.tenant].popleft()
         if not self.queues[share.tenant]:
             del self.queues[share.tenant]
         self.scheduler.clock.charge(share, group.tokens)
+        self.prefilled[share.tenant] += len(group.prompt_ids)
         self.rows[share.tenant] += len(group.choices)
         self.running += len(group.choices)
 
@@ -105,9 +128,10 @@ class Picker:
 class FairScheduler:
     """The engine's admission order; used only on the engine thread."""
 
-    def __init__(self, reserve_rows: int = 0, active_window_s: float = 10.0,
+    def __init__(self, burst_rows: int = 0, active_window_s: float = 10.0, prefill_tokens: int = 0,
                  clock: Callable[[], float] = time.monotonic):
-        self.reserve_rows = reserve_rows
+        self.burst_rows = burst_rows
+        self.prefill_tokens = prefill_tokens
         self.active_window_s = active_window_s
         self.now = clock
         self.clock = VirtualClock()
@@ -117,6 +141,10 @@ class FairScheduler:
         now = self.now()
         for tenant, weight in weights.items():
             self._seen[tenant] = (now, weight)
+
+    def active_tenants(self) -> int:
+        horizon = self.now() - self.active_window_s
+        return sum(seen >= horizon for seen, _ in self._seen.values())
 
     def fair_rows(self, tenant: str | None, max_running: int) -> float:
         horizon = self.now() - self.active_window_s

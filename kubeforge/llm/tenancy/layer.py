@@ -1,7 +1,8 @@
 """The tenant layer around one request, shared by the LLM service and the gateway.
 
 Order of checks, each before any work it would waste: the key (401, before the body is read), the tenant's
-concurrency budget (429), then, once the body is parsed, the model (404 for a model the tenant may not see, exactly
+concurrency budget (429), an early token check (429 before the body is read and tokenized, when the bucket could
+not hold even the smallest of the tenant's recent requests: a flooding tenant's excess costs microseconds), then, once the body is parsed, the model (404 for a model the tenant may not see, exactly
 as for one that does not exist) and the token budget (429: prompt + max_tokens over every choice is reserved from
 the tenant's bucket, the unused part given back when the request ends). Every request then leaves one audit line
 and its metrics, whatever its outcome.
@@ -12,6 +13,7 @@ parameters; it is None where the layer is off.
 
 from __future__ import annotations
 
+import collections
 import contextvars
 import logging
 import math
@@ -35,6 +37,7 @@ from kubeforge.serving.meters import Meters
 
 logger = logging.getLogger("kubeforge.llm")
 _CURRENT: contextvars.ContextVar[TenantRequest | None] = contextvars.ContextVar("kubeforge_tenant", default=None)
+RECENT = 32  # reservations remembered per tenant for the early check
 ASGIApp = Callable[[dict, Any, Any], Awaitable[Any]]
 
 
@@ -131,6 +134,7 @@ class TenantLayer:
         self.audit = audit
         self._ledger_factory = ledger_factory or (lambda: BudgetLedger(settings.budget_file or None))
         self._ledger: BudgetLedger | None = None
+        self._recent: dict[str, collections.deque] = {}  # tenant -> its last reservations (this worker)
 
     @classmethod
     def from_settings(cls, settings: TenancySettings, meters: Meters) -> TenantLayer:
@@ -183,6 +187,18 @@ class TenantLayer:
             request.error = refusals.RATE_LIMITED
             raise refusals.over_tokens(tenant.name, tokens, int(limit), level, wait)
         request.reserved += tokens
+        self._recent.setdefault(tenant.name, collections.deque(maxlen=RECENT)).append(tokens)
+
+    def early_refusal(self, tenant: TenantPolicy) -> APIError | None:
+        """429 now when the bucket holds less than the smallest of the tenant's recent reservations."""
+        recent = self._recent.get(tenant.name)
+        if not recent:
+            return None
+        smallest, limit = min(recent), self.tokens_per_minute(tenant)
+        level = self.ledger.level(tenant.name, limit)
+        if level >= smallest:
+            return None
+        return refusals.over_tokens(tenant.name, smallest, int(limit), level, (smallest - level) * 60.0 / limit)
 
     # ---- one request -----------------------------------------------------------------------------------------
 
@@ -200,6 +216,11 @@ class TenantLayer:
             exc = refusals.over_concurrency(tenant.name, self.max_concurrent(tenant))
             await self._refuse(exc, receive, send, drain_limit, tenant, key_id, scope, started)
             return exc.status
+        early = self.early_refusal(tenant)
+        if early is not None:
+            ledger.release(tenant.name)
+            await self._refuse(early, receive, send, drain_limit, tenant, key_id, scope, started)
+            return early.status
         request = TenantRequest(self, tenant, key_id, scope.get("path", ""), started=started)
 
         async def watched(message: dict) -> None:
@@ -274,4 +295,6 @@ def layer_from_env(meters: Meters) -> TenantLayer | None:
 def fair_scheduler(layer: TenantLayer) -> Any:
     from kubeforge.llm.tenancy.fair import FairScheduler
 
-    return FairScheduler(reserve_rows=layer.settings.fair_reserve_rows, active_window_s=layer.settings.fair_window_s)
+    settings = layer.settings
+    return FairScheduler(burst_rows=settings.fair_burst_rows, active_window_s=settings.fair_window_s,
+                         prefill_tokens=settings.fair_prefill_tokens)

@@ -18,23 +18,28 @@ import fcntl
 import hashlib
 import mmap
 import os
+import struct
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 
 MAGIC = b"KFLEDG01"
 SLOTS = 512  # tenants per ledger
 PROCS = 64  # worker processes per pod
 HEADER = 128
-_TENANT = np.dtype([("digest", "S16"), ("level", "f8"), ("stamp", "f8"), ("used", "u1"), ("pad", "V31")])
+_TENANT = struct.Struct("=16sddB")  # name digest, bucket level, last refill (monotonic), in use
+_ENTRY = 64
 _TENANTS_AT = HEADER
-_PIDS_AT = _TENANTS_AT + SLOTS * _TENANT.itemsize
-_COUNTS_AT = _PIDS_AT + PROCS * 8
-SIZE = _COUNTS_AT + PROCS * SLOTS * 4
+_PIDS_AT = _TENANTS_AT + SLOTS * _ENTRY
+_COUNTS_AT = _PIDS_AT + PROCS * 8  # per tenant slot: one int32 count per process row
+_PIDS = struct.Struct(f"={PROCS}q")
+_COUNTS = struct.Struct(f"={PROCS}i")
+_COUNT = struct.Struct("=i")
+_LEVEL = struct.Struct("=dd")
+SIZE = _COUNTS_AT + SLOTS * PROCS * 4
 
 
 def _start_time(pid: int) -> str:
@@ -83,9 +88,6 @@ class BudgetLedger:
             if self._map[:8] != MAGIC or self._map[8:24] != session:
                 self._map[:SIZE] = bytes(SIZE)  # another session's (or no) state: start empty
                 self._map[:8], self._map[8:24] = MAGIC, session
-        self._tenants = np.frombuffer(self._map, _TENANT, SLOTS, _TENANTS_AT)
-        self._pids = np.frombuffer(self._map, np.int64, PROCS, _PIDS_AT)
-        self._counts = np.frombuffer(self._map, np.int32, PROCS * SLOTS, _COUNTS_AT).reshape(PROCS, SLOTS)
         self._slots: dict[str, int] = {}
         self._row: int | None = None
         self._pid = os.getpid()
@@ -105,32 +107,53 @@ class BudgetLedger:
         if slot is not None:
             return slot
         digest = hashlib.blake2b(tenant.encode(), digest_size=16).digest()
-        used = self._tenants["used"]
-        for index in np.flatnonzero(used):
-            if self._tenants["digest"][index] == digest:
-                self._slots[tenant] = int(index)
-                return int(index)
-        free = np.flatnonzero(used == 0)
-        if not len(free):
+        free = None
+        for index in range(SLOTS):
+            found, _, _, used = _TENANT.unpack_from(self._map, _TENANTS_AT + index * _ENTRY)
+            if used and found == digest:
+                self._slots[tenant] = index
+                return index
+            if not used and free is None:
+                free = index
+        if free is None:
             raise RuntimeError(f"the budget ledger {self.path} is full ({SLOTS} tenants)")
-        index = int(free[0])
-        self._tenants["digest"][index], self._tenants["level"][index] = digest, capacity
-        self._tenants["stamp"][index], self._tenants["used"][index] = self.clock(), 1
-        self._slots[tenant] = index
-        return index
+        _TENANT.pack_into(self._map, _TENANTS_AT + free * _ENTRY, digest, capacity, self.clock(), 1)
+        self._slots[tenant] = free
+        return free
+
+    def _pid_list(self) -> tuple[int, ...]:
+        return _PIDS.unpack_from(self._map, _PIDS_AT)
+
+    def _set_pid(self, row: int, pid: int) -> None:
+        struct.pack_into("=q", self._map, _PIDS_AT + row * 8, pid)
+
+    def _count_at(self, slot: int, row: int) -> int:
+        return _COUNT.unpack_from(self._map, _COUNTS_AT + (slot * PROCS + row) * 4)[0]
+
+    def _add_count(self, slot: int, row: int, delta: int) -> None:
+        offset = _COUNTS_AT + (slot * PROCS + row) * 4
+        _COUNT.pack_into(self._map, offset, _COUNT.unpack_from(self._map, offset)[0] + delta)
+
+    def _total(self, slot: int) -> int:
+        return sum(_COUNTS.unpack_from(self._map, _COUNTS_AT + slot * PROCS * 4))
+
+    def _clear_row(self, row: int) -> None:
+        for slot in range(SLOTS):
+            _COUNT.pack_into(self._map, _COUNTS_AT + (slot * PROCS + row) * 4, 0)
 
     def _my_row(self) -> int:
-        if self._row is not None and self._pid == os.getpid():
+        pid = os.getpid()
+        if self._row is not None and self._pid == pid:
             return self._row
-        self._pid, pid = os.getpid(), os.getpid()
-        for row in range(PROCS):
-            if self._pids[row] == pid:
-                self._row = row
-                return row
-        for row in range(PROCS):
-            if self._pids[row] == 0 or not _alive(int(self._pids[row])):
-                self._counts[row, :] = 0
-                self._pids[row] = pid
+        self._pid = pid
+        pids = self._pid_list()
+        if pid in pids:
+            self._row = pids.index(pid)
+            return self._row
+        for row, holder in enumerate(pids):
+            if holder == 0 or not _alive(holder):
+                self._clear_row(row)
+                self._set_pid(row, pid)
                 self._row = row
                 return row
         raise RuntimeError(f"the budget ledger {self.path} has no free process row ({PROCS} processes)")
@@ -139,10 +162,14 @@ class BudgetLedger:
 
     def _refill(self, slot: int, tokens_per_minute: float) -> float:
         now = self.clock()
-        entry = self._tenants[slot]
-        level = min(float(tokens_per_minute), entry["level"] + (now - entry["stamp"]) * tokens_per_minute / 60.0)
-        self._tenants["level"][slot], self._tenants["stamp"][slot] = level, now
+        offset = _TENANTS_AT + slot * _ENTRY + 16
+        level, stamp = _LEVEL.unpack_from(self._map, offset)
+        level = min(float(tokens_per_minute), level + (now - stamp) * tokens_per_minute / 60.0)
+        _LEVEL.pack_into(self._map, offset, level, now)
         return level
+
+    def _set_level(self, slot: int, level: float) -> None:
+        struct.pack_into("=d", self._map, _TENANTS_AT + slot * _ENTRY + 16, level)
 
     def reserve(self, tenant: str, tokens: int, tokens_per_minute: float) -> float:
         """Take ``tokens`` from the bucket: 0.0 when taken, else the seconds until they will be there."""
@@ -150,7 +177,7 @@ class BudgetLedger:
             slot = self._slot(tenant, tokens_per_minute)
             level = self._refill(slot, tokens_per_minute)
             if level >= tokens:
-                self._tenants["level"][slot] = level - tokens
+                self._set_level(slot, level - tokens)
                 return 0.0
             return (tokens - level) * 60.0 / tokens_per_minute
 
@@ -161,7 +188,7 @@ class BudgetLedger:
         with self._locked_file():
             slot = self._slot(tenant, tokens_per_minute)
             level = self._refill(slot, tokens_per_minute)
-            self._tenants["level"][slot] = min(float(tokens_per_minute), level + refund)
+            self._set_level(slot, min(float(tokens_per_minute), level + refund))
 
     def level(self, tenant: str, tokens_per_minute: float) -> float:
         with self._locked_file():
@@ -174,30 +201,29 @@ class BudgetLedger:
         with self._locked_file():
             slot = self._slot(tenant, tokens_per_minute)
             row = self._my_row()
-            if int(self._counts[:, slot].sum()) >= limit:
+            if self._total(slot) >= limit:
                 self._clear_dead_rows()
-                if int(self._counts[:, slot].sum()) >= limit:
+                if self._total(slot) >= limit:
                     return False
-            self._counts[row, slot] += 1
+            self._add_count(slot, row, 1)
             return True
 
     def release(self, tenant: str) -> None:
         with self._locked_file():
             slot, row = self._slots[tenant], self._my_row()
-            if self._counts[row, slot] > 0:
-                self._counts[row, slot] -= 1
+            if self._count_at(slot, row) > 0:
+                self._add_count(slot, row, -1)
 
     def in_flight(self, tenant: str) -> int:
         with self._locked_file():
-            return int(self._counts[:, self._slot(tenant, 1.0)].sum())
+            return self._total(self._slot(tenant, 1.0))
 
     def _clear_dead_rows(self) -> None:
-        for row in np.flatnonzero(self._pids):
-            if not _alive(int(self._pids[row])):
-                self._counts[row, :] = 0
-                self._pids[row] = 0
+        for row, pid in enumerate(self._pid_list()):
+            if pid and not _alive(pid):
+                self._clear_row(row)
+                self._set_pid(row, 0)
 
     def close(self) -> None:
-        del self._tenants, self._pids, self._counts
         self._map.close()
         os.close(self._fd)

@@ -36,8 +36,10 @@ class TenancySettings(_Section):
                                    "enforces: 1/replicas when several pods serve")
     audit_log: str = Field("-", description="audit lines: a file path, '-' for standard output, '' for none")
     audit_include_text: bool = Field(False, description="also write prompts and completions into the audit log")
-    fair_reserve_rows: int = Field(2, ge=0, le=1024, description="batch rows kept free for tenants below their "
-                                   "weighted share")
+    fair_burst_rows: int = Field(32, ge=0, le=1024, description="at most this many rows beyond max_running for a "
+                                 "tenant below its weighted share when busier tenants fill the batch (0: off)")
+    fair_prefill_tokens: int = Field(512, ge=0, description="prompt tokens one tenant may prefill per step while "
+                                     "other tenants are active (0: no cap; at least one request per step)")
     fair_window_s: float = Field(10.0, gt=0.0, description="a tenant seen within this long counts toward the shares")
 
     ENV_PREFIX: ClassVar[str] = "KUBEFORGE_LLM_"

@@ -1,5 +1,5 @@
 """Weighted fair admission: shares follow the weights, an idle tenant's share is lent and never owed back, FIFO
-within a tenant and without tenants, rows kept for tenants below their share; the gateway's gate likewise."""
+within a tenant and without tenants, burst rows for tenants below their share; the gateway's gate likewise."""
 
 from __future__ import annotations
 
@@ -68,18 +68,17 @@ def test_an_idle_tenant_is_served_at_once_but_gets_no_credit_for_its_idle_time()
     assert after[0] == "b" and collections.Counter(after) == {"a": 4, "b": 4}  # no burst of b to "pay back"
 
 
-def test_reserved_rows_go_to_the_tenant_below_its_share():
+def test_a_tenant_below_its_share_joins_a_full_batch_in_burst_rows():
     loop = asyncio.new_event_loop()
-    scheduler = FairScheduler(reserve_rows=2)
-    running_a = [c for g in (group(loop, "a") for _ in range(6)) for c in g.choices]
+    scheduler = FairScheduler(burst_rows=2)
+    running_a = [c for g in (group(loop, "a") for _ in range(8)) for c in g.choices]
     scheduler.saw({"b": 1.0})  # b sent a request a moment ago
     waiting = collections.deque(group(loop, "a") for _ in range(5))
-    assert admit(scheduler, waiting, 5, running_a, max_running=8) == []  # a at 6 of 8 is above its share (4 of 8)
-    waiting.append(group(loop, "b"))
-    assert tenants(admit(scheduler, waiting, 5, running_a, max_running=8)) == ["b"]
-    lone = FairScheduler(reserve_rows=2)
-    waiting = collections.deque(group(loop, "a") for _ in range(5))
-    assert len(admit(lone, waiting, 5, running_a, max_running=8)) == 2  # alone, a's share is the whole batch
+    assert admit(scheduler, waiting, 5, running_a, max_running=8) == []  # a filled the batch: it gets no more
+    waiting.extend(group(loop, "b") for _ in range(3))
+    assert tenants(admit(scheduler, waiting, 5, running_a, max_running=8)) == ["b", "b"]  # two burst rows
+    picker = scheduler.picker([group(loop, "a")], running_a[:7], 8)
+    assert picker.row_limit(picker.next()) == 8  # a's own request still takes a free row (never held back)
 
 
 def test_the_gate_releases_waiters_in_fair_order():
@@ -113,3 +112,26 @@ def test_the_gate_gives_up_after_the_wait_and_frees_nothing_it_did_not_take():
         return gate.in_flight, gate.waiting
 
     assert asyncio.run(scenario()) == (0, 0)
+
+
+def test_a_flood_is_prefilled_over_several_steps_while_others_are_active():
+    loop = asyncio.new_event_loop()
+    flood = collections.deque(group(loop, "a", tokens=100) for _ in range(20))
+    alone = FairScheduler(prefill_tokens=250)
+    assert len(admit(alone, collections.deque(flood), 20)) == 20  # nobody else: no cap
+    shared = FairScheduler(prefill_tokens=250)
+    shared.saw({"b": 1.0})
+    waiting = collections.deque(list(flood) + [group(loop, "b", tokens=100)])
+    assert collections.Counter(tenants(admit(shared, waiting, 20))) == {"a": 2, "b": 1}
+    huge = collections.deque([group(loop, "a", tokens=900)])
+    assert len(admit(shared, huge, 5)) == 1  # at least one request per step, however long its prompt
+
+
+def test_a_step_that_prefills_a_light_tenant_prefills_nothing_of_the_busy_one():
+    loop = asyncio.new_event_loop()
+    scheduler = FairScheduler(prefill_tokens=1000)
+    running_a = [c for g in (group(loop, "a") for _ in range(6)) for c in g.choices]  # a above its share (5 of 10)
+    scheduler.saw({"b": 1.0})
+    waiting = collections.deque([group(loop, "b")] + [group(loop, "a") for _ in range(3)])
+    assert tenants(admit(scheduler, waiting, 5, running_a, max_running=10)) == ["b"]
+    assert tenants(admit(scheduler, waiting, 5, running_a, max_running=10)) == ["a", "a", "a"]  # the next step

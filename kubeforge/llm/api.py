@@ -132,7 +132,7 @@ def parse(model: type[BaseModel], body: bytes) -> Any:
 
 
 def _vocabulary(runtime: LLMRuntime) -> int:
-    return min(len(runtime.tokenizer), int(getattr(runtime.bank.model.config, "vocab_size", 0) or 10**9))
+    return min(len(runtime.tokenizer), runtime.vocab_size or 10**9)
 
 
 async def generate(state: LLMState, prepared: PreparedRequest, chat: bool, receive: Any, send: Any) -> None:

@@ -1,9 +1,11 @@
 """Iteration-level (continuous) batching on one thread: between two decode steps, cancelled and finished sequences
 leave the batch, queued ones are prefilled and join it, and adapters are loaded or unloaded.
 
-The engine owns the model; requests live on the asyncio loop and talk to it through ``Generation`` objects: the
-loop side submits and cancels, the engine side delivers each step's tokens and text with one thread-safe callback
-per step. Why our own scheduler rather than transformers' ContinuousBatchingManager: measured here, the manager ran
+The engine owns the model through a backend (kubeforge.llm.backends: transformers with stacked LoRA adapters, or
+the kubeforge.lm.inference runner of a compressed ONNX / torchao artifact), which computes each step and keeps the
+batch's KV cache; the engine decides which rows are in it. Requests live on the asyncio loop and talk to it through
+``Generation`` objects: the loop side submits and cancels, the engine side delivers each step's tokens and text with
+one thread-safe callback per step. Why our own scheduler rather than transformers' ContinuousBatchingManager: measured here, the manager ran
 ~1 300-2 000 generated tokens/s on 32 prompts (after a 50 s first start) against ~2 800-5 100 for this padded-batch
 loop on the same model, and it has no per-request adapter.
 """
@@ -13,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
-import inspect
 import logging
 import threading
 import time
@@ -22,13 +23,11 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
-from transformers import DynamicCache
 
-from kubeforge.llm.adapters import AdapterBank
+from kubeforge.llm.backends import ModelBackend, RowBatch
 from kubeforge.llm.detokenize import TextAssembler
 from kubeforge.llm.errors import bad_request, overloaded
 from kubeforge.llm.generation import Choice, Event, Generation, Group
-from kubeforge.llm.kv_batch import KVBatch, check_full_attention, prefill_inputs
 from kubeforge.llm.metrics import LLMMetrics
 from kubeforge.llm.sampling import RowSampler, SamplingParams, next_tokens
 from kubeforge.llm.tenancy.fair import FairScheduler
@@ -49,22 +48,18 @@ class EngineLimits:
 class Engine:
     """One model, one scheduling thread; ``submit`` is called on the event loop."""
 
-    def __init__(self, bank: AdapterBank, tokenizer: Any, *, context_length: int, limits: EngineLimits,
+    def __init__(self, backend: ModelBackend, tokenizer: Any, *, context_length: int, limits: EngineLimits,
                  metrics: LLMMetrics, eos_token_ids: set[int], base_name: str):
-        self.bank = bank
+        self.backend = backend
         self.tokenizer = tokenizer
         self.context_length = context_length
         self.limits = limits
         self.metrics = metrics
         self.eos = frozenset(eos_token_ids)
         self.base_name = base_name
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos_token_ids, default=0)
-        self.shared_generator = torch.Generator(device=bank.device)
+        self.pad_id = backend.pad_id
+        self.shared_generator = torch.Generator(device=backend.device)
         self.shared_generator.seed()
-        accepted = inspect.signature(bank.model.forward).parameters
-        self._cache_keyword = "cache" if "cache" in accepted else "past_key_values"
-        # compute the prefill's logits for the last position only (the LM head over every prompt token is waste)
-        self._prefill_extra = {"logits_to_keep": 1} if "logits_to_keep" in accepted else {}
         self._condition = threading.Condition()
         self._waiting: collections.deque[Group] = collections.deque()
         self._waiting_rows = 0
@@ -73,9 +68,8 @@ class Engine:
         self._running: list[Choice] = []
         self._joining: list[Group] = []
         self._outbox: dict[Generation, list[Event]] = collections.defaultdict(list)
-        self._batch: KVBatch | None = None
+        self._batch: RowBatch | None = None
         self.fairness: FairScheduler | None = None  # set when the service has tenants
-        self._checked_cache = False
         self._stop = False
         self._thread: threading.Thread | None = None
         self.steps = 0
@@ -111,7 +105,7 @@ class Engine:
                 seeded = params if params.seed is None else replace(params, seed=(params.seed + offset) % 2**64)
                 choices.append(Choice(generation=generation, index=prompt_index * n + offset, prompt_ids=prompt,
                                       max_tokens=params.max_tokens, slot=slot,
-                                      sampler=RowSampler(seeded, self.bank.device, self.shared_generator),
+                                      sampler=RowSampler(seeded, self.backend.device, self.shared_generator),
                                       text=TextAssembler(self.tokenizer, params.stop)))
             groups.append(Group(choices))
             generation.choices.extend(choices)
@@ -272,23 +266,8 @@ class Engine:
                 rows, tokens, prefill = rows + size, tokens + group.tokens, prefill + len(group.prompt_ids)
         return taken
 
-    def _forward(self, ids: torch.Tensor, mask: torch.Tensor | None, positions: torch.Tensor, cache: DynamicCache,
-                 slots: list[int], **extra: Any) -> torch.Tensor:
-        with self.bank.rows(slots):
-            output = self.bank.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                                     **{self._cache_keyword: cache}, **extra)
-        return output.logits[:, -1, :]
-
     def _prefill(self, groups: list[Group]) -> None:
-        ids, mask, positions = prefill_inputs([g.prompt_ids for g in groups], self.pad_id, self.bank.device)
-        cache = DynamicCache(config=self.bank.model.config)
-        padded = len({len(g.prompt_ids) for g in groups}) > 1
-        logits = self._forward(ids, mask if padded else None, positions, cache, [g.choices[0].slot for g in groups],
-                               **self._prefill_extra)
-        if not self._checked_cache:
-            check_full_attention(cache)
-            self._checked_cache = True
-        joined = KVBatch(cache=cache, mask=mask, lengths=[len(g.prompt_ids) for g in groups])
+        logits, joined = self.backend.prefill([g.prompt_ids for g in groups], [g.choices[0].slot for g in groups])
         counts = [len(g.choices) for g in groups]
         if any(count > 1 for count in counts):
             joined.repeat_rows(counts)
@@ -319,10 +298,8 @@ class Engine:
         self._running.extend(choices[row] for row in alive)
 
     def _decode(self) -> None:
-        batch = self._batch
-        ids = torch.tensor([[c.output_ids[-1]] for c in self._running], device=self.bank.device)
-        mask, positions = batch.decode_inputs()
-        logits = self._forward(ids, mask, positions, batch.cache, [c.slot for c in self._running])
+        logits = self.backend.decode(self._batch, [c.output_ids[-1] for c in self._running],
+                                     [c.slot for c in self._running])
         tokens = next_tokens(logits, [c.sampler for c in self._running])
         now = time.perf_counter()
         self.metrics.batch_rows.observe(len(self._running))

@@ -1,7 +1,11 @@
 """Package an LM run as a Bento, offline, the way kubeforge.serving.package packages a classifier: the base model and
-the adapters go into BentoML's model store under tags (safetensors, JSON and tokenizer files only), the service
+the adapters go into BentoML's model store under tags (safetensors, ONNX, JSON and tokenizer files only), the service
 entry names those tags, and `bentoml build` (locking off, requirements pinned to this environment) writes the Bento
 with its Dockerfile context; the Bento is also exported as one ``.bento`` archive.
+
+What is packaged is what kubeforge.llm.source.resolve_lm_source says the run serves: a run whose lm-compress step
+passed packages the chosen artifact (ONNX or torchao, with the runtime it needs pinned beside the service's; no
+adapters), else the base model and the fine-tune's adapter.
 
 BentoML reads BENTOML_HOME when it is imported, so the build runs in a child interpreter with its own store.
 """
@@ -21,7 +25,7 @@ from importlib import metadata
 from pathlib import Path
 
 from kubeforge.config import ConfigError
-from kubeforge.llm.source import ServedLM
+from kubeforge.llm.source import ServedLM, artifact_kind
 
 BENTO_NAME = "kubeforge-llm"
 BASE_MODEL_NAME = "kubeforge-llm-base"
@@ -29,6 +33,7 @@ ADAPTERS_MODEL_NAME = "kubeforge-llm-adapters"
 SERVICE_REQUIREMENTS = ("bentoml", "fastapi", "torch", "transformers", "tokenizers", "peft", "accelerate",
                         "huggingface-hub", "safetensors", "pydantic", "pyyaml", "jinja2", "numpy", "fsspec", "uvloop",
                         "httptools")
+ARTIFACT_REQUIREMENTS = {"torch": (), "onnx": ("onnxruntime",), "torchao": ("torchao",)}  # by artifact_kind
 SERVICE_ENTRY = """# Written by kubeforge: serves the language model (and adapters) stored in this Bento under the tags below.
 import os
 
@@ -37,7 +42,7 @@ os.environ.setdefault("KUBEFORGE_LLM_MODEL_TAG", {base!r})
 from kubeforge.llm.service import KubeforgeLLM  # noqa: E402,F401
 """
 # What a served model directory may bring into the image (never pickles, never the training record).
-MODEL_FILES = ("*.safetensors", "*.json", "*.jinja", "*.model", "vocab.txt", "merges.txt")
+MODEL_FILES = ("*.safetensors", "*.onnx", "*.json", "*.jinja", "*.model", "vocab.txt", "merges.txt")
 
 
 @dataclass(frozen=True)
@@ -50,8 +55,9 @@ class LLMBentoBuild:
     dockerfile: str
 
 
-def pinned_requirements() -> list[str]:
-    return [f"{name}=={metadata.version(name)}" for name in SERVICE_REQUIREMENTS]
+def pinned_requirements(kind: str = "torch") -> list[str]:
+    """The service's packages at this environment's versions, plus what a ``kind`` of base model runs on."""
+    return [f"{name}=={metadata.version(name)}" for name in SERVICE_REQUIREMENTS + ARTIFACT_REQUIREMENTS[kind]]
 
 
 def copy_model_files(source: Path, destination: Path) -> list[str]:
@@ -76,11 +82,14 @@ def build_llm_bento(served: ServedLM, out_dir: str | Path, *, bentoml_home: str 
             check_checkpoint_files(adapter)
     except ModelError as exc:
         raise ConfigError(str(exc)) from None
+    kind = artifact_kind(served.base)
+    if kind != "torch" and served.adapters:
+        raise ConfigError(f"{served.base} is a compressed {kind} model, which serves no LoRA adapters")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     home = Path(bentoml_home) if bentoml_home else out_dir / "bentoml-home"
     request, result = out_dir / "llm-build-request.json", out_dir / "build.json"
-    request.write_text(json.dumps({"base": str(served.base),
+    request.write_text(json.dumps({"base": str(served.base), "kind": kind,
                                    "adapters": {name: str(path) for name, path in served.adapters.items()}}))
     done = subprocess.run([sys.executable, "-m", "kubeforge.llm.package", str(request), str(out_dir), str(result)],
                           env={**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True"},
@@ -98,7 +107,7 @@ def _build_here(request: Path, out_dir: Path, result: Path) -> None:
     import kubeforge
 
     wanted = json.loads(request.read_text())
-    with bentoml.models.create(BASE_MODEL_NAME, labels={"kind": "causal-lm"},
+    with bentoml.models.create(BASE_MODEL_NAME, labels={"kind": "causal-lm", "format": wanted["kind"]},
                                metadata={"source": wanted["base"]}) as base:
         copy_model_files(Path(wanted["base"]), Path(base.path))
     tags = [str(base.tag)]
@@ -119,7 +128,7 @@ def _build_here(request: Path, out_dir: Path, result: Path) -> None:
         bento = bentoml.bentos.build(
             "service:KubeforgeLLM", name=BENTO_NAME, build_ctx=context,
             include=["service.py", "kubeforge/**/*.py", "kubeforge/platform/*.yaml"],
-            python={"packages": pinned_requirements(), "lock_packages": False},
+            python={"packages": pinned_requirements(wanted["kind"]), "lock_packages": False},
             models=tags, labels={"built-by": "kubeforge", "kind": "llm"})
     archive = out_dir / f"{BENTO_NAME}-{bento.tag.version}.bento"
     bentoml.export_bento(bento.tag, str(archive))

@@ -1,5 +1,9 @@
 """What one worker serves: the base model, its adapters by name, the engine; and the adapter lifecycle.
 
+The base model is a plain Hugging Face directory (transformers, adapters allowed) or a compressed artifact of the
+lm-compress step, ONNX or torchao, run through kubeforge.lm.inference's runner (no adapters: see
+kubeforge.llm.backends).
+
 Names map to adapter slots under one lock, taken also while a request resolves its model and queues its choices,
 so an adapter being unloaded is never picked by a request that is half-way in. Unloading removes the name at once
 (new requests get 404) and frees the weights once no queued or running sequence uses them.
@@ -18,6 +22,7 @@ from typing import Any
 import torch
 
 from kubeforge.llm.adapters import BASE_SLOT, AdapterBank, AdapterInfo
+from kubeforge.llm.backends import load_model
 from kubeforge.llm.engine import Engine, EngineLimits
 from kubeforge.llm.errors import APIError, model_not_found
 from kubeforge.llm.generation import Generation
@@ -26,26 +31,6 @@ from kubeforge.llm.sampling import SamplingParams
 from kubeforge.llm.settings import LLMServeConfig
 from kubeforge.llm.tenancy.fair import Share
 from kubeforge.models import ModelError
-
-
-def pick_device(preference: str) -> torch.device:
-    if preference == "cuda" and not torch.cuda.is_available():
-        raise ModelError("KUBEFORGE_LLM_DEVICE=cuda but CUDA is not available on this machine; use auto or cpu")
-    return torch.device("cuda" if preference in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
-
-
-def pick_dtype(preference: str, device: torch.device) -> torch.dtype:
-    if preference == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return getattr(torch, preference)
-
-
-def eos_token_ids(model: Any, tokenizer: Any) -> set[int]:
-    configured = getattr(model.generation_config, "eos_token_id", None)
-    ids = set(configured if isinstance(configured, list) else [configured] if configured is not None else [])
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    return ids
 
 
 def resolve_adapter_source(source: str, cache_root: Path) -> Path:
@@ -66,12 +51,13 @@ def resolve_adapter_source(source: str, cache_root: Path) -> Path:
 @dataclass
 class LLMRuntime:
     engine: Engine
-    bank: AdapterBank
+    bank: AdapterBank | None  # None when the base takes no adapters (a compressed ONNX / torchao artifact)
     tokenizer: Any
     config: LLMServeConfig
     metrics: LLMMetrics
     base_source: str
     context_length: int
+    vocab_size: int = 0  # the model's embedding rows (0: not stated)
     created: int = field(default_factory=lambda: int(time.time()))
     cache_root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="kubeforge-llm-")))
 
@@ -84,24 +70,20 @@ class LLMRuntime:
     @classmethod
     def load(cls, base_dir: str | Path, config: LLMServeConfig, metrics: LLMMetrics, *,
              base_source: str | None = None) -> LLMRuntime:
-        """Load the base model (kubeforge.lm.sources: checked safetensors only) and start the engine."""
-        from kubeforge.lm.sources import load_causal_lm, model_context_length
-
+        """Load the base model (kubeforge.llm.backends.load_model: checked safetensors, or the compressed artifact
+        through kubeforge.lm.inference) and start the engine."""
         if config.threads:
             torch.set_num_threads(config.threads)
-        device = pick_device(config.device)
-        model, tokenizer = load_causal_lm(Path(base_dir), device=str(device), dtype=pick_dtype(config.dtype, device))
-        model.eval()
-        context = model_context_length(model)
+        loaded = load_model(Path(base_dir), config)
         limits = EngineLimits(max_running=config.max_running, max_waiting=config.max_waiting,
                               max_batch_tokens=config.max_batch_tokens, max_prefill_tokens=config.max_prefill_tokens,
                               retry_after_s=config.retry_after_s)
-        bank = AdapterBank(model)
-        engine = Engine(bank, tokenizer, context_length=context, limits=limits, metrics=metrics,
-                        eos_token_ids=eos_token_ids(model, tokenizer), base_name=config.base_name)
+        engine = Engine(loaded.backend, loaded.tokenizer, context_length=loaded.context_length, limits=limits,
+                        metrics=metrics, eos_token_ids=loaded.eos_token_ids, base_name=config.base_name)
         engine.start()
-        return cls(engine=engine, bank=bank, tokenizer=tokenizer, config=config, metrics=metrics,
-                   base_source=base_source or str(base_dir), context_length=context)
+        return cls(engine=engine, bank=loaded.bank, tokenizer=loaded.tokenizer, config=config, metrics=metrics,
+                   base_source=base_source or str(base_dir), context_length=loaded.context_length,
+                   vocab_size=loaded.vocab_size)
 
     # ---- names -----------------------------------------------------------------------------------------------
 
@@ -109,7 +91,7 @@ class LLMRuntime:
         """(name, adapter info or None for the base), base first."""
         with self._lock:
             names = dict(self._names)
-        infos = {info.slot: info for info in self.bank.adapters.values()}
+        infos = {info.slot: info for info in self.bank.adapters.values()} if self.bank is not None else {}
         return [(self.config.base_name, None)] + [(name, infos.get(slot)) for name, slot in sorted(names.items())]
 
     def adapter_names(self) -> list[str]:
@@ -138,6 +120,11 @@ class LLMRuntime:
     # ---- adapter lifecycle (blocking: call from a worker thread) ---------------------------------------------
 
     def load_adapter(self, name: str, source: str) -> AdapterInfo:
+        if self.bank is None:
+            raise APIError(400, f"the base model is a compressed {self.engine.backend.kind} artifact, which serves no "
+                           "LoRA adapters (a fine-tune's adapter is merged into the model before compression); to "
+                           "serve adapters, serve the uncompressed base model", param="lora_path",
+                           code="adapters_unsupported")
         with self._lock:
             if name == self.config.base_name or name in self._names or name in self._busy:
                 raise APIError(409, f"the name {name!r} is already served or being loaded", param="lora_name",

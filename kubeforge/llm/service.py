@@ -1,7 +1,8 @@
 """The BentoML service of the OpenAI-compatible LLM API (one service framework for every kubeforge model).
 
 Settings: KUBEFORGE_LLM_* (kubeforge.llm.settings). The base model comes from KUBEFORGE_LLM_MODEL (a directory or a
-URI the one resolver, kubeforge.lm.sources, understands) or, inside a built Bento, the BentoML model tagged
+URI the one resolver, kubeforge.lm.sources, understands; a compressed ONNX / torchao directory runs through
+kubeforge.lm.inference, see kubeforge.llm.backends) or, inside a built Bento, the BentoML model tagged
 KUBEFORGE_LLM_MODEL_TAG; adapters from KUBEFORGE_LLM_ADAPTERS (name=source,...), from the Bento's adapters model
 (KUBEFORGE_LLM_ADAPTERS_TAG) and from the watched KUBEFORGE_LLM_ADAPTERS_DIR.
 
@@ -108,7 +109,8 @@ class KubeforgeLLM:
             gc.collect()
             gc.freeze()  # what lives as long as the worker leaves the collector's reach (no full-collection stalls)
             STATE.runtime = runtime
-            logger.info("serving %s (%d adapters)", reference, len(runtime.adapter_names()))
+            logger.info("serving %s (%s backend, %d adapters)", reference, runtime.engine.backend.kind,
+                        len(runtime.adapter_names()))
         except Exception as exc:  # surfaced through /livez and the log
             STATE.load_error = f"{type(exc).__name__}: {exc}"
             logger.error("the LLM failed to load: %s", STATE.load_error)

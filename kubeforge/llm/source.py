@@ -4,6 +4,11 @@ A run of lm-pretrain-finetune serves its pre-trained model as the base and the f
 (the adapter was trained on exactly that model); a run without a usable base for its adapter (the base was a
 scratch build that is not kept) serves its merged model; a full fine-tune serves its merged model; a pre-training
 run alone serves its pre-trained model. The adapter is served as ``finetuned``.
+
+A run whose lm-compress step passed its gate serves the artifact that step chose (ONNX, torchao or a plain student
+directory: the one the harness measured), whatever else the run holds, as kubeforge.serving.source does for
+classifiers. The fine-tune is merged into the model before compression, so no adapter is served with it; to serve
+the uncompressed base with its adapter, serve the adapter directory (``lm-finetune*/finetuned_model/adapter``).
 """
 
 from __future__ import annotations
@@ -13,10 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kubeforge.config import ConfigError
+from kubeforge.lm.inference import ONNX_MODEL_FILE, TORCHAO_FILE
 
 FINETUNED_ADAPTER = "finetuned"
 FINETUNED_GLOB = "lm-finetune*/finetuned_model"
 PRETRAINED_GLOB = "lm-pretrain*/pretrained_model"
+COMPRESSED_GLOB = "lm-compress*/compressed_model"
+COMPRESSION_REPORT = "compression.json"  # kubeforge.compression.lm_step.REPORT_FILE (not imported: it pulls torch)
+WEIGHT_FILES = ("*.safetensors", ONNX_MODEL_FILE)
 
 
 @dataclass(frozen=True)
@@ -27,7 +36,33 @@ class ServedLM:
 
 
 def _is_model(path: Path) -> bool:
-    return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
+    return (path / "config.json").is_file() and any(any(path.glob(pattern)) for pattern in WEIGHT_FILES)
+
+
+def compressed_choice(path: Path) -> dict | None:
+    """What the lm-compress step chose for the model directory ``path`` (its compression.json passed the gate and
+    the chosen files are there), else None."""
+    try:
+        report = json.loads((path / COMPRESSION_REPORT).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(report, dict) or report.get("gate") != "passed" or not _is_model(path):
+        return None
+    return report
+
+
+def artifact_kind(directory: str | Path) -> str:
+    """'onnx' (model.onnx) or 'torchao' (torchao.json): served through kubeforge.lm.inference's runner, without
+    adapters; 'torch': a plain Hugging Face directory (transformers, adapters allowed)."""
+    directory = Path(directory)
+    return ("onnx" if (directory / ONNX_MODEL_FILE).is_file() else
+            "torchao" if (directory / TORCHAO_FILE).is_file() else "torch")
+
+
+def _describe(report: dict) -> str:
+    artifact = report.get("artifact") or {}
+    return (f"lm-compress chose {report.get('chosen')!r}: {artifact.get('format', '?')}, "
+            f"{artifact.get('precision', '?')}")
 
 
 def _is_adapter(path: Path) -> bool:
@@ -39,7 +74,8 @@ def is_lm_source(path: str | Path) -> bool:
     path = Path(path)
     if (path / "model.json").is_file():
         return False
-    return _is_model(path) or _is_adapter(path) or any(path.glob(FINETUNED_GLOB)) or any(path.glob(PRETRAINED_GLOB))
+    return (_is_model(path) or _is_adapter(path)
+            or any(any(path.glob(pattern)) for pattern in (FINETUNED_GLOB, PRETRAINED_GLOB, COMPRESSED_GLOB)))
 
 
 def recorded_base(adapter_dir: Path) -> Path | None:
@@ -65,7 +101,14 @@ def resolve_lm_source(path: str | Path) -> ServedLM:
                               "or set KUBEFORGE_LLM_MODEL to the base and KUBEFORGE_LLM_ADAPTERS to the adapter")
         return ServedLM(base, {FINETUNED_ADAPTER: path}, f"adapter {path.name} on its base {base}")
     if _is_model(path):
-        return ServedLM(path, {}, f"model directory {path}")
+        report = compressed_choice(path)
+        return ServedLM(path, {}, f"model directory {path}" + (f" ({_describe(report)})" if report else ""))
+    compressed = [(p, report) for p in sorted(path.glob(COMPRESSED_GLOB)) if (report := compressed_choice(p))]
+    if compressed:
+        directory, report = compressed[0]
+        return ServedLM(directory, {}, f"the compressed model {directory.relative_to(path)} ({_describe(report)}; "
+                                       f"made from {report.get('source', 'the fine-tuned model')}, so it is served "
+                                       "without adapters)")
     finetuned = sorted(path.glob(FINETUNED_GLOB))
     pretrained = sorted(p for p in path.glob(PRETRAINED_GLOB) if _is_model(p))
     adapter = finetuned[0] / "adapter" if finetuned else None

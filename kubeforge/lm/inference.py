@@ -8,12 +8,14 @@ through it, so the speed and the completions a report shows are the ones served.
   (``past.{layer}.key|value`` in, ``present.{layer}.key|value`` out), so each decode step feeds one new token.
 
 Both take and return numpy arrays and compute position ids the same way (from the attention mask), so left-padded
-batches decode alike. Opening an ONNX directory imports neither torch nor transformers: an ONNX-only worker stays
-small and starts fast.
+batches decode alike. Decode states of either kind join (``concat_states``) and shrink (``select_rows``) between
+steps, which is how the LM service batches requests continuously over a runner. Opening an ONNX directory imports
+neither torch nor transformers: an ONNX-only worker stays small and starts fast.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from collections.abc import Sequence
@@ -55,9 +57,10 @@ class CausalLMRunner(Protocol):
     kind: str  # "torch" or "onnx"
     context_length: int
 
-    def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None
+    def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None, *, last_only: bool = False
                 ) -> tuple[np.ndarray, DecodeState]:
-        """Logits of every position [batch, tokens, vocab] (float32) and the state to decode from."""
+        """Logits of every position [batch, tokens, vocab] (float32; the last position only, [batch, 1, vocab],
+        with ``last_only``) and the state to decode from."""
 
     def decode(self, next_ids: np.ndarray, state: DecodeState) -> tuple[np.ndarray, DecodeState]:
         """Logits of the one new token per row [batch, vocab] and the state after it."""
@@ -67,10 +70,11 @@ class _Runner:
     kind = "abstract"
     context_length = 0
 
-    def _forward(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, cache: Any) -> tuple[np.ndarray, Any]:
+    def _forward(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, cache: Any,
+                 last_only: bool = False) -> tuple[np.ndarray, Any]:
         raise NotImplementedError
 
-    def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None
+    def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None, *, last_only: bool = False
                 ) -> tuple[np.ndarray, DecodeState]:
         ids = np.ascontiguousarray(input_ids, dtype=np.int64)
         if ids.ndim != 2 or ids.shape[1] == 0:
@@ -80,7 +84,7 @@ class _Runner:
             raise ValueError(f"attention_mask {mask.shape} does not match input_ids {ids.shape}")
         if ids.shape[1] > self.context_length:
             raise ValueError(f"{ids.shape[1]} tokens exceed the model's context of {self.context_length}")
-        logits, cache = self._forward(ids, mask, positions_from_mask(mask), None)
+        logits, cache = self._forward(ids, mask, positions_from_mask(mask), None, last_only)
         return logits, DecodeState(mask, mask.sum(axis=1).astype(np.int64), cache)
 
     def decode(self, next_ids: np.ndarray, state: DecodeState) -> tuple[np.ndarray, DecodeState]:
@@ -105,8 +109,10 @@ class TorchRunner(_Runner):
         self.device = next(model.parameters()).device
         config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         self.context_length = int(config.max_position_embeddings)
+        accepted = inspect.signature(model.forward).parameters
+        self._keep_last = {"logits_to_keep": 1} if "logits_to_keep" in accepted else {}
 
-    def _forward(self, ids, mask, positions, cache):
+    def _forward(self, ids, mask, positions, cache, last_only=False):
         torch = self._torch
         from transformers import DynamicCache
 
@@ -116,8 +122,10 @@ class TorchRunner(_Runner):
             # no padding: no mask, so transformers takes its causal fast path instead of building one per step
             attention = None if mask.all() else torch.from_numpy(mask).to(self.device)
             output = self.model(input_ids=torch.from_numpy(ids).to(self.device), attention_mask=attention,
-                                position_ids=torch.from_numpy(positions).to(self.device), cache=cache, use_cache=True)
-            return output.logits.float().cpu().numpy(), cache
+                                position_ids=torch.from_numpy(positions).to(self.device), cache=cache, use_cache=True,
+                                **(self._keep_last if last_only else {}))
+            logits = output.logits[:, -1:] if last_only else output.logits
+            return logits.float().cpu().numpy(), cache
 
 
 class OnnxRunner(_Runner):
@@ -144,16 +152,91 @@ class OnnxRunner(_Runner):
     def _empty_cache(self, batch: int) -> list[np.ndarray]:
         return [np.zeros((batch, heads, 0, size), dtype=np.float32) for heads, size in self._cache_shapes]
 
-    def _forward(self, ids, mask, positions, cache):
+    def _forward(self, ids, mask, positions, cache, last_only=False):
         feeds = {INPUT_IDS: ids, ATTENTION_MASK: mask, POSITION_IDS: np.ascontiguousarray(positions)}
         feeds.update(zip(self.past_names, cache if cache is not None else self._empty_cache(len(ids))))
         outputs = self.session.run(self.output_names, feeds, self._run_options)
-        return outputs[0], outputs[1:]
+        return (outputs[0][:, -1:] if last_only else outputs[0]), outputs[1:]
 
 
 def _cache_order(name: str) -> tuple[int, int]:
     _, layer, kind = name.split(".")
     return int(layer), 0 if kind == "key" else 1
+
+
+def concat_states(states: Sequence[DecodeState]) -> DecodeState:
+    """One state with the rows of ``states`` in order, each left-padded to the widest (mask 0, cache zeros): rows
+    decode on as they would alone. The inputs' caches may be reused, so use only the result."""
+    if not states:
+        raise ValueError("nothing to concatenate")
+    width = max(state.attention_mask.shape[1] for state in states)
+    masks, caches = [], []
+    for state in states:
+        extra = width - state.attention_mask.shape[1]
+        masks.append(np.pad(state.attention_mask, ((0, 0), (extra, 0))) if extra else state.attention_mask)
+        caches.append([_left_pad(tensor, extra) for tensor in _cache_tensors(state.cache)])
+    joined = [_concat([cache[index] for cache in caches]) for index in range(len(caches[0]))]
+    return DecodeState(np.concatenate(masks), np.concatenate([state.next_positions for state in states]),
+                       _with_tensors(states[0].cache, joined))
+
+
+def select_rows(state: DecodeState, rows: Sequence[int]) -> DecodeState:
+    """The ``rows`` of ``state`` in that order (a row may repeat), without the leading columns that are padding in
+    every kept row. The input's cache may be reused, so use only the result."""
+    if not rows:
+        raise ValueError("select at least one row")
+    index = np.asarray(rows, dtype=np.int64)
+    mask = state.attention_mask[index]
+    cut = int(np.argmax(mask.any(axis=0)))  # every row holds a real token, so some column is filled
+    tensors = [_take(tensor, index, cut) for tensor in _cache_tensors(state.cache)]
+    return DecodeState(np.ascontiguousarray(mask[:, cut:]), state.next_positions[index],
+                       _with_tensors(state.cache, tensors))
+
+
+def _cache_tensors(cache: Any) -> list[Any]:
+    """The cache as [key, value] per layer, [batch, kv_heads, tokens, head_dim]: numpy (ONNX) or torch tensors."""
+    if isinstance(cache, list):
+        return cache
+    odd = {type(layer).__name__ for layer in cache.layers if type(layer).__name__ != "DynamicLayer"}
+    if odd:  # a sliding window or a recurrent state is not a per-token column that padding can line up
+        raise ValueError(f"decode states with {', '.join(sorted(odd))} cache layers cannot be joined or split; "
+                         "only full-attention caches can")
+    return [tensor for layer in cache.layers for tensor in (layer.keys, layer.values)]
+
+
+def _with_tensors(cache: Any, tensors: list[Any]) -> Any:
+    if isinstance(cache, list):
+        return tensors
+    for number, layer in enumerate(cache.layers):
+        layer.keys, layer.values = tensors[2 * number], tensors[2 * number + 1]
+    return cache
+
+
+def _left_pad(tensor: Any, columns: int) -> Any:
+    if columns == 0:
+        return tensor
+    shape = tuple(tensor.shape[:2]) + (columns,) + tuple(tensor.shape[3:])
+    if isinstance(tensor, np.ndarray):
+        return np.concatenate([np.zeros(shape, tensor.dtype), tensor], axis=2)
+    import torch
+
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=2)
+
+
+def _concat(tensors: list[Any]) -> Any:
+    if isinstance(tensors[0], np.ndarray):
+        return np.concatenate(tensors)
+    import torch
+
+    return torch.cat(tensors)
+
+
+def _take(tensor: Any, index: np.ndarray, cut: int) -> Any:
+    if isinstance(tensor, np.ndarray):
+        return np.ascontiguousarray(tensor[index][:, :, cut:])  # ONNX Runtime reads contiguous inputs
+    import torch
+
+    return tensor.index_select(0, torch.from_numpy(index).to(tensor.device))[:, :, cut:]
 
 
 def onnx_session(source: bytes | str | Path, threads: int = 1) -> Any:
@@ -255,7 +338,7 @@ def greedy_generate(runner: CausalLMRunner, prompts: Sequence[Sequence[int]], ma
         raise ValueError(f"{ids.shape[1]} prompt tokens + {max_new_tokens} new tokens exceed the model's context "
                          f"of {runner.context_length}")
     started = time.perf_counter()
-    logits, state = runner.prefill(ids, mask)
+    logits, state = runner.prefill(ids, mask, last_only=True)
     next_ids = logits[:, -1].argmax(axis=-1)
     prefill_seconds = time.perf_counter() - started
     generated = [next_ids]

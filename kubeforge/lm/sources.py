@@ -291,6 +291,8 @@ def check_checkpoint_files(directory: Path) -> None:
     if adapter and not (directory / "adapter_model.safetensors").is_file():
         named = f": {pickles[0].name} is a pickle and is refused (never unpickled)" if pickles else ""
         raise ModelError(f"{directory}: a LoRA adapter needs adapter_model.safetensors{named}")
+    if not safetensors and not adapter and (directory / "model.onnx").is_file():
+        return  # an ONNX graph (kubeforge.lm.inference.OnnxRunner) holds its own weights; nothing is unpickled
     if not safetensors:
         if pickles:
             raise ModelError(f"{directory}: {pickles[0].name} holds pickled weights, which are refused (never "

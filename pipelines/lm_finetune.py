@@ -1,6 +1,6 @@
 """lm-finetune: data -> LoRA (or full) fine-tune of a given base model (hf://, s3://, pvc://, a path) -> evaluate
-(base vs fine-tuned) -> compress (candidates behind a perplexity gate) -> report. The fine-tuning step is placed by
-the GPU profile."""
+(base vs fine-tuned) -> compress (candidates behind a perplexity gate) -> package (the chosen model's Bento) ->
+report. The fine-tuning step is placed by the GPU profile."""
 
 from collections.abc import Callable
 
@@ -8,6 +8,7 @@ from kubeforge_components.lm_compress import lm_compress
 from kubeforge_components.lm_data import lm_data
 from kubeforge_components.lm_evaluate import lm_evaluate
 from kubeforge_components.lm_finetune import lm_finetune
+from kubeforge_components.lm_package import lm_package
 from kubeforge_components.lm_report import lm_report
 from kubeforge_pipelines.params import Params, derived_pipeline, section_args
 from kubeforge_pipelines.scheduling import Placement
@@ -32,11 +33,12 @@ def build(placement: Placement) -> Callable:
         summary = lm_report(lm_splits=splits, finetuned_model=tuned.outputs["finetuned_model"],
                             lm_evaluation=scored.outputs["lm_evaluation"],
                             compressed_model=compressed.outputs["compressed_model"])
+        packaged = lm_package(compressed_model=compressed.outputs["compressed_model"])
         for task, name in ((data, "lm-data"), (tuned, "lm-finetune"), (scored, "lm-evaluate"),
-                           (compressed, "lm-compress"), (summary, "report")):
+                           (compressed, "lm-compress"), (packaged, "lm-package"), (summary, "report")):
             task.set_display_name(name)
         placement.training(tuned)
-        for task in (data, scored, compressed, summary):
+        for task in (data, scored, compressed, packaged, summary):
             placement.step(task)
         return summary.outputs["run_report"]
 

@@ -27,7 +27,8 @@ def test_every_step_leaves_its_artifacts_and_no_pickle(lm_run):
                      "lm-pretrain/pretrained_model/tokenizer.json",
                      "lm-finetune/finetuned_model/adapter/adapter_model.safetensors",
                      "lm-finetune/finetuned_model/merged/config.json", "lm-evaluate/lm_evaluation",
-                     "lm-compress/compressed_model/compression.json", "report.html", "summary.json"):
+                     "lm-compress/compressed_model/compression.json", "lm-package/bento",
+                     "lm-package/build_context/env/docker/Dockerfile", "report.html", "summary.json"):
         assert (run_dir / relative).exists(), relative
     assert not [p for p in run_dir.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
 

@@ -100,8 +100,10 @@ def _assert_placed_on(ir, task, profile):
                                              ("train-compress-cluster",
                                               LIGHT_TASKS + ("compress", "package", "build-image", "promote",
                                                              "train-distributed")),
-                                             ("lm-pretrain-finetune", ("lm-data", "lm-evaluate", "lm-compress", "lm-report")),
-                                             ("lm-finetune", ("lm-data", "lm-evaluate", "lm-compress", "lm-report"))])
+                                             ("lm-pretrain-finetune", ("lm-data", "lm-evaluate", "lm-compress", "lm-package",
+                                                                       "lm-report")),
+                                             ("lm-finetune", ("lm-data", "lm-evaluate", "lm-compress", "lm-package",
+                                                              "lm-report"))])
 @pytest.mark.parametrize("profile_name", PROFILES)
 def test_every_other_step_stays_on_the_default_profile_with_requests(compile_with, platform, pipeline, light,
                                                                      profile_name):

@@ -201,6 +201,19 @@ def test_served_completions_equal_the_harness_batched_concurrent_and_streamed(se
     assert running.metric("kubeforge:batch_rows_sum") > running.metric("kubeforge:batch_rows_count")  # 2 rows
 
 
+@pytest.mark.server
+def test_served_chat_renders_the_artifacts_template_and_equals_the_harness(server):
+    from transformers import AutoTokenizer
+
+    running, directory = server
+    messages = [{"role": "user", "content": "What is a name?"}]
+    rendered = AutoTokenizer.from_pretrained(directory).apply_chat_template(messages, tokenize=False,
+                                                                            add_generation_prompt=True)
+    answer = asyncio.run(client(running.url).chat.completions.create(model="base", messages=messages,
+                                                                      max_tokens=MAX_TOKENS, temperature=0))
+    assert answer.choices[0].message.content == harness_completions(directory, [rendered])[0]
+
+
 def assert_serves(url: str, expected: list[str]) -> None:
     """Two prompts in one request (one padded prefill), two requests at once, and a stream, against ``expected``."""
     models = httpx.get(url + "/v1/models", timeout=10).json()

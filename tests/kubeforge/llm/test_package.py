@@ -157,3 +157,20 @@ def assert_serves_the_run(server: LLMServer, lm_run: Path) -> None:
                             json={"model": name, "prompt": PROMPT, "max_tokens": 8, "temperature": 0,
                                   "return_token_ids": True}).json()
         assert answer["choices"][0]["token_ids"] == expected, name
+
+
+def test_a_compressed_base_is_packaged_with_its_runtime_and_without_adapters(tmp_path):
+    from kubeforge.llm.package import build_llm_bento, pinned_requirements
+    from kubeforge.llm.source import ServedLM
+    from tests.kubeforge.llm.test_source import write_compressed
+
+    assert any(r.startswith("onnxruntime==") for r in pinned_requirements("onnx"))
+    assert any(r.startswith("torchao==") for r in pinned_requirements("torchao"))
+    assert not any(r.startswith(("onnxruntime==", "torchao==")) for r in pinned_requirements())
+    chosen = write_compressed(tmp_path / "run" / "lm-compress" / "compressed_model", "onnx")
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights")
+    with pytest.raises(ConfigError, match="compressed onnx model, which serves no LoRA adapters"):
+        build_llm_bento(ServedLM(chosen, {"finetuned": adapter}), tmp_path / "out")

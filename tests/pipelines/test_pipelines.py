@@ -14,6 +14,7 @@ from tests.pipelines.conftest import CompiledPipeline
 
 PROFILES = [p.name for p in load_platform().profiles]
 LIGHT_TASKS = ("preprocess", "evaluate", "report")
+LM_LIGHT_TASKS = ("lm-data", "lm-evaluate", "lm-compress", "lm-package", "lm-report")
 KFP_VOLUME_STUBS = ("exec-createpvc", "exec-deletepvc")  # executed by the KFP driver itself, not in a container
 DIGEST_IMAGE = "registry.example.com/ml/kubeforge-runtime@sha256:" + "0123456789abcdef" * 4
 
@@ -100,10 +101,7 @@ def _assert_placed_on(ir, task, profile):
                                              ("train-compress-cluster",
                                               LIGHT_TASKS + ("compress", "package", "build-image", "promote",
                                                              "train-distributed")),
-                                             ("lm-pretrain-finetune", ("lm-data", "lm-evaluate", "lm-compress", "lm-package",
-                                                                       "lm-report")),
-                                             ("lm-finetune", ("lm-data", "lm-evaluate", "lm-compress", "lm-package",
-                                                              "lm-report"))])
+                                             ("lm-pretrain-finetune", LM_LIGHT_TASKS), ("lm-finetune", LM_LIGHT_TASKS)])
 @pytest.mark.parametrize("profile_name", PROFILES)
 def test_every_other_step_stays_on_the_default_profile_with_requests(compile_with, platform, pipeline, light,
                                                                      profile_name):

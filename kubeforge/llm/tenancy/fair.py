@@ -8,8 +8,8 @@ order stays FIFO. Without tenants every request belongs to one tenant (``None``)
 
 The engine also guarantees each tenant its weighted share of the batch's rows (``max_running`` split by the
 weights of the tenants seen in the last ``active_window_s``): a tenant below its share joins at the next step even
-when busier tenants have filled every row, in rows beyond ``max_running`` (at most its unused share, capped by
-``burst_rows``), instead of waiting for one of their sequences to end; a tenant at or above its share joins only
+when busier tenants have filled every row, in rows beyond ``max_running`` (up to its unused share, the whole batch
+capped at ``max_running + burst_rows``), instead of waiting for one of their sequences to end; a tenant at or above its share joins only
 below ``max_running``. Nobody is preempted and no row is held back while nobody needs it: the busy tenants borrow
 every unused share. The KV budget (``max_batch_tokens``) still bounds the batch. And while several tenants are active, each prefills at most
 ``prefill_tokens`` prompt tokens per step (at least one request): a flood of arrivals is prefilled over several
@@ -85,11 +85,14 @@ class Picker:
         self.contended = scheduler.active_tenants() > 1
 
     def row_limit(self, group: Any) -> int:
-        """Rows the batch may hold once ``group`` joins: for a tenant below its share, its unused share more."""
+        """Rows the batch may hold once ``group`` joins: for a tenant below its share, its unused share more than
+        the batch holds now (a busier tenant may hold more than its share, lent while this one was idle), never
+        more than ``max_running + burst_rows``."""
         tenant = share_of(group).tenant
         unused = self.scheduler.fair_rows(tenant, self.max_running) - self.rows[tenant]
         if self.scheduler.burst_rows and unused > 0:
-            return self.max_running + min(self.scheduler.burst_rows, math.ceil(unused))
+            return max(self.max_running, min(self.max_running + self.scheduler.burst_rows,
+                                             self.running + math.ceil(unused)))
         return self.max_running
 
     def next(self) -> Any | None:

@@ -1,11 +1,11 @@
 """The tenant layer around one request, shared by the LLM service and the gateway.
 
 Order of checks, each before any work it would waste: the key (401, before the body is read), the tenant's
-concurrency budget (429), an early token check (429 before the body is read and tokenized, when the bucket could
-not hold even the smallest of the tenant's recent requests: a flooding tenant's excess costs microseconds), then, once the body is parsed, the model (404 for a model the tenant may not see, exactly
-as for one that does not exist) and the token budget (429: prompt + max_tokens over every choice is reserved from
-the tenant's bucket, the unused part given back when the request ends). Every request then leaves one audit line
-and its metrics, whatever its outcome.
+concurrency budget (429), an early token check (429 before the body is read and tokenized, when the bucket could not
+hold even the smallest of the tenant's recent requests: a flooding tenant's excess costs microseconds), then, once
+the body is parsed, the model (404 for a model the tenant may not see, exactly as for one that does not exist) and
+the token budget (429: prompt + max_tokens over every choice is reserved from the tenant's bucket, the unused part
+given back when the request ends). Every request then leaves one audit line and its metrics, whatever its outcome.
 
 The request's state travels in a context variable, so route handlers reach it (``current()``) without new
 parameters; it is None where the layer is off.

@@ -15,25 +15,15 @@ def lm_package(
     package_report: Output[Markdown],
 ):
     """An image builder (docker/buildah/BuildKit/Kaniko) takes build_context as is; nothing else is needed."""
-    import shutil
     import tempfile
-    from pathlib import Path
 
-    from kubeforge.artifacts import label
+    from kubeforge.artifacts import hand_over_bento
     from kubeforge.llm.package import build_llm_bento
     from kubeforge.llm.source import resolve_lm_source
 
     served = resolve_lm_source(compressed_model.path)
     with tempfile.TemporaryDirectory() as workdir:
         built = build_llm_bento(served, workdir)
-        shutil.copyfile(built.archive, bento.path)
-        shutil.copytree(built.context, build_context.path, dirs_exist_ok=True)
-    bento.metadata.update({"bento_tag": built.bento_tag, "model_tag": built.base_tag})
-    label(bento, f"Bento {built.bento_tag}")
-    build_context.metadata.update({"dockerfile": "env/docker/Dockerfile", "bento_tag": built.bento_tag})
-    label(build_context, "Image build context")
-    Path(package_report.path).write_text(
-        f"# Serving package\n\nBento `{built.bento_tag}` serving {served.why} as model `{built.base_tag}`.\n\n"
-        "Build the image from the `build_context` artifact with any OCI builder, e.g.\n\n"
-        "```\ndocker build -f env/docker/Dockerfile -t REGISTRY/kubeforge-llm:TAG .\n```\n")
-    label(package_report, "Package report")
+        hand_over_bento(built.archive, built.context, bento, build_context, package_report, bento_tag=built.bento_tag,
+                        model_tag=built.base_tag, serving=f"{served.why} as model `{built.base_tag}`",
+                        image="kubeforge-llm")

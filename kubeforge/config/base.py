@@ -50,23 +50,27 @@ def check_method_chains(value: list[str], known: Iterable[str], what: str) -> li
 
 
 class EnvSection(_Section):
-    """A section a pod reads from ``<ENV_PREFIX><FIELD>`` variables, which the chart renders from ``to_env``."""
+    """A section a pod reads from ``<ENV_PREFIX><FIELD>`` variables, which the chart renders from ``to_env``.
+    ``prefix`` overrides ENV_PREFIX where one section serves two programs (the tenant layer: service and gateway)."""
 
     ENV_PREFIX: ClassVar[str] = ""
     ENV_LABEL: ClassVar[str] = "environment"
 
-    def to_env(self) -> dict[str, str]:
-        """The environment a serving pod gets (the chart renders exactly these names)."""
-        return {f"{self.ENV_PREFIX}{name.upper()}": str(value) for name, value in self.model_dump().items()}
+    def to_env(self, prefix: str | None = None) -> dict[str, str]:
+        """The environment a serving pod gets (the chart renders exactly these names; booleans as YAML does)."""
+        prefix = prefix or self.ENV_PREFIX
+        return {f"{prefix}{name.upper()}": str(value).lower() if isinstance(value, bool) else str(value)
+                for name, value in self.model_dump().items()}
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None):
+    def from_env(cls, environ: Mapping[str, str] | None = None, prefix: str | None = None):
         """Read the prefixed variables; a bad value is a ConfigError naming the variable."""
         environ = os.environ if environ is None else environ
-        values = {name: environ[f"{cls.ENV_PREFIX}{name.upper()}"] for name in cls.model_fields
-                  if f"{cls.ENV_PREFIX}{name.upper()}" in environ}
+        prefix = prefix or cls.ENV_PREFIX
+        values = {name: environ[f"{prefix}{name.upper()}"] for name in cls.model_fields
+                  if f"{prefix}{name.upper()}" in environ}
         try:
             return cls(**values)
         except ValidationError as exc:
             raise ConfigError(f"{cls.ENV_LABEL}: {describe_validation_error(exc)} "
-                              f"(variables {cls.ENV_PREFIX}<NAME>)") from None
+                              f"(variables {prefix}<NAME>)") from None

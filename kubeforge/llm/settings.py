@@ -6,16 +6,14 @@ request beyond them is refused with a message that names the bound and its varia
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from typing import ClassVar, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from kubeforge.config import ConfigError, _Section, describe_validation_error
+from kubeforge.config import ConfigError, EnvSection
 
 
-class LLMServeConfig(_Section):
+class LLMServeConfig(EnvSection):
     """How the LLM service runs and what it accepts."""
 
     workers: int = Field(1, ge=1, le=16, description="server worker processes (each loads the model once)")
@@ -50,6 +48,7 @@ class LLMServeConfig(_Section):
                              "serves (GET /v1/models, probes); generation is bounded by max_tokens and max_queue_wait_s")
 
     ENV_PREFIX: ClassVar[str] = "KUBEFORGE_LLM_"
+    ENV_LABEL: ClassVar[str] = "LLM serving environment"
 
     @model_validator(mode="after")
     def _consistent(self) -> LLMServeConfig:
@@ -57,21 +56,6 @@ class LLMServeConfig(_Section):
             raise ValueError(f"default_max_tokens {self.default_max_tokens} exceeds max_tokens_limit "
                              f"{self.max_tokens_limit}")
         return self
-
-    def to_env(self) -> dict[str, str]:
-        return {f"{self.ENV_PREFIX}{name.upper()}": str(value) for name, value in self.model_dump().items()}
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> LLMServeConfig:
-        """Read KUBEFORGE_LLM_<FIELD> variables; a bad value is a ConfigError naming the variable."""
-        environ = os.environ if environ is None else environ
-        values = {name: environ[f"{cls.ENV_PREFIX}{name.upper()}"] for name in cls.model_fields
-                  if f"{cls.ENV_PREFIX}{name.upper()}" in environ}
-        try:
-            return cls(**values)
-        except ValidationError as exc:
-            raise ConfigError(f"LLM serving environment: {describe_validation_error(exc)} "
-                              f"(variables {cls.ENV_PREFIX}<NAME>)") from None
 
 
 def parse_adapter_list(text: str) -> dict[str, str]:

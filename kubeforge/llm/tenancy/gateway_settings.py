@@ -24,7 +24,7 @@ from typing import ClassVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from kubeforge.config import DNS_LABEL_PATTERN, ConfigError, _Section, describe_validation_error
+from kubeforge.config import DNS_LABEL_PATTERN, ConfigError, EnvSection, describe_validation_error
 from kubeforge.llm.tenancy.settings import TenancySettings
 
 PREFIX = "KUBEFORGE_GATEWAY_"
@@ -58,7 +58,7 @@ class UpstreamConfig(BaseModel):
         return os.environ.get(self.api_key_env) if self.api_key_env else None
 
 
-class GatewaySettings(_Section):
+class GatewaySettings(EnvSection):
     upstreams: str = Field("", description="name=url,... (each serves any model); or use config")
     config: str = Field("", description="a YAML file with upstreams: [{name, url, models, base_models, ...}]")
     max_queue_wait_s: float = Field(30.0, gt=0.0, description="longest wait in the fair queue before a 503")
@@ -73,16 +73,8 @@ class GatewaySettings(_Section):
     retry_after_s: int = Field(1, ge=0, le=3600, description="the Retry-After of the gateway's own 503s")
 
     ENV_PREFIX: ClassVar[str] = PREFIX
+    ENV_LABEL: ClassVar[str] = "gateway settings"
 
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> GatewaySettings:
-        environ = os.environ if environ is None else environ
-        values = {n: environ[f"{PREFIX}{n.upper()}"] for n in cls.model_fields if f"{PREFIX}{n.upper()}" in environ}
-        try:
-            return cls(**values)
-        except ValidationError as exc:
-            raise ConfigError(f"gateway settings: {describe_validation_error(exc)} "
-                              f"(variables {PREFIX}<NAME>)") from None
 
     def upstream_list(self) -> list[UpstreamConfig]:
         """The upstreams, checked: names unique, a model routed to one upstream only."""

@@ -9,20 +9,19 @@ exactly when a tenants file is set.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from typing import ClassVar, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field
 
-from kubeforge.config import ConfigError, _Section, describe_validation_error
+from kubeforge.config import ConfigError, EnvSection
 
 logger = logging.getLogger("kubeforge.llm")
 NO_AUTH_WARNING = ("WARNING: authentication is OFF: anyone who can reach this port may use every model, with no "
                    "budget and no audit trail")
 
 
-class TenancySettings(_Section):
+class TenancySettings(EnvSection):
     auth: Literal["auto", "required", "off"] = Field("auto", description="required | off | auto (on when "
                                                      "tenants_file is set)")
     tenants_file: str = Field("", description="tenants.yaml: budgets, weights, adapters (the mounted ConfigMap)")
@@ -43,6 +42,7 @@ class TenancySettings(_Section):
     fair_window_s: float = Field(10.0, gt=0.0, description="a tenant seen within this long counts toward the shares")
 
     ENV_PREFIX: ClassVar[str] = "KUBEFORGE_LLM_"
+    ENV_LABEL: ClassVar[str] = "tenant settings"
 
     @property
     def enabled(self) -> bool:
@@ -50,14 +50,8 @@ class TenancySettings(_Section):
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, prefix: str | None = None) -> TenancySettings:
-        environ = os.environ if environ is None else environ
+        settings = super().from_env(environ, prefix)
         prefix = prefix or cls.ENV_PREFIX
-        values = {name: environ[f"{prefix}{name.upper()}"] for name in cls.model_fields
-                  if f"{prefix}{name.upper()}" in environ}
-        try:
-            settings = cls(**values)
-        except ValidationError as exc:
-            raise ConfigError(f"tenant settings: {describe_validation_error(exc)} (variables {prefix}<NAME>)") from None
         if settings.enabled and not (settings.tenants_file and settings.keys_dir):
             missing = [f"{prefix}{n.upper()}" for n in ("tenants_file", "keys_dir") if not getattr(settings, n)]
             raise ConfigError(f"authentication is required but {' and '.join(missing)} "
@@ -65,11 +59,6 @@ class TenancySettings(_Section):
                               "the keys directory (`kubeforge tenant key add`), or serve with --no-auth "
                               f"({prefix}AUTH=off) on a machine nobody else can reach")
         return settings
-
-    def to_env(self, prefix: str | None = None) -> dict[str, str]:
-        prefix = prefix or self.ENV_PREFIX
-        return {f"{prefix}{name.upper()}": str(value).lower() if isinstance(value, bool) else str(value)
-                for name, value in self.model_dump().items()}
 
 
 def serve_auth_environment(environ: Mapping[str, str], no_auth: bool) -> dict[str, str]:

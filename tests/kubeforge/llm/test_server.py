@@ -146,7 +146,8 @@ def test_a_client_that_disconnects_mid_stream_frees_its_slot(server):
     with httpx.Client(timeout=30) as http, http.stream("POST", server.url + "/v1/completions", json=body) as stream:
         lines = stream.iter_lines()
         assert next(lines).startswith("data: ")
-        assert server.metric("kubeforge:num_requests_running") == 1
+        # (the running gauge is published every 0.25 s, so it may not show this request yet; the abort count
+        # below proves the generation was cut short rather than finished)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and server.metric("kubeforge:num_requests_running"):
         time.sleep(0.05)

@@ -1,11 +1,14 @@
-"""Shared benchmark plumbing: machine facts, interleaved repetition, and one JSON file per benchmark."""
+"""Shared benchmark plumbing: machine facts, interleaved repetition, figures, servers under test on free ports,
+scratch language models and prompts, and one JSON file per benchmark."""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
+import socket
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -79,3 +82,83 @@ def write(name: str, result: dict, command: str) -> Path:
     path.write_text(json.dumps(payload, indent=2))
     print(json.dumps(payload, indent=2))
     return path
+
+
+# ---- figures --------------------------------------------------------------------------------------------------
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 2)
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    return round(numerator / denominator, 3) if numerator is not None and denominator else None
+
+
+def loadavg() -> list[float]:
+    return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+
+
+# ---- servers under test ---------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_ready(url: str, process: subprocess.Popen, timeout: float, log: Path | None = None) -> None:
+    """Until GET /readyz answers 200; a server that exits or never gets ready is an error with its log's tail."""
+    import httpx
+
+    def tail() -> str:
+        return log.read_text()[-2000:] if log is not None else f"exit status {process.returncode}"
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{url}: the server exited: {tail()}")
+        try:
+            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{url} not ready after {timeout} s: {tail()}")
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+# ---- language models ------------------------------------------------------------------------------------------
+
+def scratch_lm(root: Path, preset: str) -> Path:
+    """A scratch Llama (the preset) with a byte-level BPE on Python's docs, as the LM benchmarks serve it."""
+    from pydoc_data.topics import topics
+
+    from kubeforge.config.language import LMModelConfig
+    from kubeforge.lm.sources import build_scratch_model
+
+    corpus = [topics[name][:3000] for name in sorted(topics)[:40]]
+    return build_scratch_model(preset, root / "base", corpus, LMModelConfig(base_model=f"scratch:{preset}",
+                                                                             tokenizer_vocab=2048,
+                                                                             context_length=256), seed=0)
+
+
+def pydoc_prompts(count: int, words: int) -> list[str]:
+    """``count`` prompts of the first ``words`` words of Python's documentation topics."""
+    from pydoc_data.topics import topics
+
+    names = sorted(topics)
+    return [" ".join(topics[names[(i * 7) % len(names)]].split()[:words]) for i in range(count)]

@@ -9,7 +9,8 @@ import random
 import time
 from pathlib import Path
 
-from bench._tenant_load import MAX_TOKENS, ms, percentile
+from bench._harness import ms, percentile
+from bench._tenant_load import MAX_TOKENS
 
 
 def engine_only(base: Path, seconds: float, rate_a: float, rate_b: float, prompt_texts: list[str]) -> dict:

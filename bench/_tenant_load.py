@@ -1,5 +1,5 @@
-"""Load generation and plumbing of bench.llm_tenants: servers on free ports, a scratch model and prompts, tenants'
-files, open-loop (Poisson) and closed-loop streaming clients on aiohttp + uvloop, and the service's own TTFT."""
+"""Load generation and plumbing of bench.llm_tenants: the servers under test, the tenants' prompts and files,
+open-loop (Poisson) and closed-loop streaming clients on aiohttp + uvloop, and the service's own TTFT."""
 
 from __future__ import annotations
 
@@ -7,26 +7,17 @@ import asyncio
 import json
 import os
 import random
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import yaml
 
+from bench._harness import free_port, ms, percentile, pydoc_prompts, stop, wait_ready
+
 STARTUP_TIMEOUT_S = 300
 MAX_TOKENS = 64
 TOKEN_MARK, EMPTY_TOKENS = b'"token_ids":[', b'"token_ids":[]'
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def loadavg() -> list[float]:
-    return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
 
 
 def run(coroutine):
@@ -34,21 +25,6 @@ def run(coroutine):
     import uvloop
 
     return uvloop.run(coroutine)
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
-
-
-def ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000, 2)
-
-
-def ratio(a: float | None, b: float | None) -> float | None:
-    return round(a / b, 3) if a is not None and b else None
 
 
 # ---- processes ------------------------------------------------------------------------------------------------
@@ -62,46 +38,15 @@ class Server:
                                         stdout=log.open("w"), stderr=subprocess.STDOUT)
 
     def wait(self) -> None:
-        import httpx
-
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.log} exited: {self.log.read_text()[-2000:]}")
-            try:
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        raise RuntimeError(f"not ready: {self.log.read_text()[-2000:]}")
+        wait_ready(self.url, self.process, STARTUP_TIMEOUT_S, self.log)
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-
-
-def build_model(root: Path, preset: str) -> Path:
-    from pydoc_data.topics import topics
-
-    from kubeforge.config.language import LMModelConfig
-    from kubeforge.lm.sources import build_scratch_model
-
-    corpus = [topics[name][:3000] for name in sorted(topics)[:40]]
-    return build_scratch_model(preset, root / "base", corpus, LMModelConfig(base_model=f"scratch:{preset}",
-                                                                             tokenizer_vocab=2048,
-                                                                             context_length=256), seed=0)
+        stop(self.process)
 
 
 def prompts(count: int = 64) -> list[str]:
     """Prompts of ~90-130 tokens: a tenant's request carries context, as chat and RAG requests do."""
-    from pydoc_data.topics import topics
-
-    names = sorted(topics)
-    return [" ".join(topics[names[(i * 7) % len(names)]].split()[:50]) for i in range(count)]
+    return pydoc_prompts(count, 50)
 
 
 def tenancy_files(root: Path, budgets: dict[str, dict]) -> tuple[dict[str, str], dict[str, str]]:

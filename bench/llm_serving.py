@@ -32,7 +32,8 @@ from pathlib import Path
 
 from fastapi import Request  # module level: the naive route's annotation must resolve in this module's globals
 
-from bench._harness import versions, write
+from bench._harness import (free_port, loadavg, ms, percentile, pydoc_prompts, ratio, scratch_lm, stop, versions,
+                            wait_ready, write)
 
 LEVELS = (1, 8, 32)
 ADAPTERS = 8
@@ -106,13 +107,6 @@ def naive_app(model_dir: str, threads: int):
 
 # ---- load generation ------------------------------------------------------------------------------------------
 
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
-
-
 async def one_request(http, url: str, body: dict, max_tokens: int, record: dict) -> None:
     started = time.perf_counter()
     last, tokens, done = None, 0, False
@@ -169,39 +163,11 @@ async def run_level(base_url: str, clients: int, seconds: float, bodies: list[di
         elapsed = time.perf_counter() - started
     return {"clients": clients, "seconds": round(elapsed, 2), "requests": record["requests"],
             "errors": record["errors"], "tokens_per_s": round(record["tokens"] / elapsed, 1),
-            "ttft_p50_ms": _ms(percentile(record["ttft"], 50)), "ttft_p99_ms": _ms(percentile(record["ttft"], 99)),
-            "itl_p50_ms": _ms(percentile(record["itl"], 50)), "itl_p99_ms": _ms(percentile(record["itl"], 99))}
-
-
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000, 2)
+            "ttft_p50_ms": ms(percentile(record["ttft"], 50)), "ttft_p99_ms": ms(percentile(record["ttft"], 99)),
+            "itl_p50_ms": ms(percentile(record["itl"], 50)), "itl_p99_ms": ms(percentile(record["itl"], 99))}
 
 
 # ---- servers --------------------------------------------------------------------------------------------------
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_ready(url: str, process: subprocess.Popen, log: Path) -> None:
-    import httpx
-
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"server not ready: {log.read_text()[-2000:]}")
-
 
 def start(command: list[str], env: dict, log: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
@@ -214,15 +180,10 @@ def build_models(root: Path, preset: str) -> tuple[Path, dict[str, Path]]:
     """A scratch Llama (the preset) with a byte-level BPE on Python's docs, and 8 random LoRA adapters (q, v; r 8)."""
     import torch
     from peft import LoraConfig, get_peft_model
-    from pydoc_data.topics import topics
 
-    from kubeforge.config.language import LMModelConfig
-    from kubeforge.lm.sources import build_scratch_model, load_causal_lm
+    from kubeforge.lm.sources import load_causal_lm
 
-    corpus = [topics[name][:3000] for name in sorted(topics)[:40]]
-    base = build_scratch_model(preset, root / "base", corpus, LMModelConfig(base_model=f"scratch:{preset}",
-                                                                             tokenizer_vocab=2048,
-                                                                             context_length=256), seed=0)
+    base = scratch_lm(root, preset)
     adapters = {}
     for index in range(ADAPTERS):
         model, _ = load_causal_lm(base)
@@ -232,21 +193,6 @@ def build_models(root: Path, preset: str) -> tuple[Path, dict[str, Path]]:
         adapters[f"tenant-{index}"] = root / f"tenant-{index}"
         wrapped.save_pretrained(adapters[f"tenant-{index}"], safe_serialization=True)
     return base, adapters
-
-
-def prompts(count: int = 64) -> list[str]:
-    from pydoc_data.topics import topics
-
-    names = sorted(topics)
-    return [" ".join(topics[names[(i * 7) % len(names)]].split()[:12]) for i in range(count)]
-
-
-def ratio(numerator: float, denominator: float) -> float | None:
-    return round(numerator / denominator, 3) if denominator else None
-
-
-def loadavg() -> list[float]:
-    return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
 
 
 def median_of(runs: list[dict]) -> dict:
@@ -290,9 +236,9 @@ def main() -> None:
                               str(args.threads)], stdout=(work / "naive.log").open("w"), stderr=subprocess.STDOUT)
     naive_url = f"http://127.0.0.1:{naive_port}"
     try:
-        wait_ready(kubeforge_url, kubeforge, work / "kubeforge.log")
-        wait_ready(naive_url, naive, work / "naive.log")
-        texts = prompts()
+        wait_ready(kubeforge_url, kubeforge, STARTUP_TIMEOUT_S, work / "kubeforge.log")
+        wait_ready(naive_url, naive, STARTUP_TIMEOUT_S, work / "naive.log")
+        texts = pydoc_prompts(64, 12)
         body = {"model": "base", "max_tokens": args.max_tokens, "temperature": 0, "stream": True,
                 "stream_options": {"include_usage": True}, "ignore_eos": True, "return_token_ids": True}
         base_bodies = [{**body, "prompt": text} for text in texts]
@@ -310,8 +256,7 @@ def main() -> None:
                     asyncio.run(run_level(kubeforge_url, 32, args.seconds, bodies, args.max_tokens)))
     finally:
         for process in (kubeforge, naive):
-            process.terminate()
-            process.wait(timeout=30)
+            stop(process)
     levels = {clients: {name: median_of(runs[f"{name}@{clients}"]) for name in ("kubeforge", "naive")}
               for clients in args.levels}
     for pair in levels.values():

@@ -31,11 +31,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench._harness import versions, write
+from bench._harness import loadavg, ratio, scratch_lm, versions, write
 from bench._tenant_engine import engine_only
 from bench._tenant_ledger import measure_ledgers
-from bench._tenant_load import (MAX_TOKENS, Server, build_model, closed_loop, loadavg, open_loop, prompts, ratio, run,
-                                server_ttft, summary, tenancy_files)
+from bench._tenant_load import (MAX_TOKENS, Server, closed_loop, open_loop, prompts, run, server_ttft, summary,
+                                tenancy_files)
 
 # ---- the run --------------------------------------------------------------------------------------------------
 
@@ -54,7 +54,7 @@ def main() -> None:
     args = parser.parse_args()
     load_before = loadavg()
     work = Path(tempfile.mkdtemp(prefix="bench-tenants-"))
-    base = build_model(work, args.preset)
+    base = scratch_lm(work, args.preset)
     bodies = [{"model": "base", "prompt": text, "max_tokens": MAX_TOKENS, "temperature": 0, "stream": True,
                "ignore_eos": True, "return_token_ids": True} for text in prompts()]
     from transformers import AutoTokenizer

@@ -31,7 +31,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,11 +39,12 @@ import textwrap
 import time
 from pathlib import Path
 
-from bench._harness import versions, write
+from bench._harness import free_port, stop, versions, wait_ready, write
 
 CLIENTS = (1, 16, 64)
 OVERLOAD_FACTORS = (1, 2, 8, 16)
 SATURATION_SWEEP = (1, 2, 4, 8, 16, 32)
+STARTUP_TIMEOUT_S = 120
 
 NULL_SERVER = textwrap.dedent("""
     import sys
@@ -97,28 +97,6 @@ NAIVE_SERVER = textwrap.dedent("""
     import uvicorn
     uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
 """)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_ready(url: str, process: subprocess.Popen, timeout: float = 120) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        try:
-            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"{url} not ready after {timeout} s")
 
 
 WRK_SCRIPT = """
@@ -307,7 +285,7 @@ def main() -> None:
             stack.callback(stop, process)
             running[name] = (f"http://127.0.0.1:{port}", process)
         for name, (url, process) in running.items():
-            wait_ready(url, process)
+            wait_ready(url, process, STARTUP_TIMEOUT_S)
             closed_loop(url, payload_file, 8, 1, False)  # warm-up, not recorded
             runs[name] = {clients: [] for clients in CLIENTS}
         for _ in range(args.repeats):
@@ -365,14 +343,6 @@ def main() -> None:
                                  for mode, by_name in overload_results.items()}},
     }, command=f"python -m bench.serving --seconds {args.seconds} --overload-seconds {args.overload_seconds} "
                f"--repeats {args.repeats} --stack {args.stack}")
-
-
-def stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
 
 
 if __name__ == "__main__":

@@ -218,7 +218,7 @@ def _parameters(directory: Path, runner: CausalLMRunner) -> int:
 def _precision(directory: Path, runner: CausalLMRunner) -> str:
     import json
 
-    from kubeforge.lm.inference import TORCHAO_FILE
+    from kubeforge.lm.inference import TORCHAO_FILE, artifact_kind
 
     if runner.kind == "onnx":
         import onnx
@@ -226,7 +226,7 @@ def _precision(directory: Path, runner: CausalLMRunner) -> str:
         graph = onnx.load(str(directory / "model.onnx"), load_external_data=False).graph
         return "int8" if any(node.op_type in ("MatMulInteger", "DynamicQuantizeLinear") for node in graph.node) \
             else "fp32"
-    if (directory / TORCHAO_FILE).is_file():
+    if artifact_kind(directory) == "torchao":
         return {"int8-weight": "int8", "int4-weight": "int4"}[json.loads((directory / TORCHAO_FILE).read_text())[
             "method"]]
     return "fp32"

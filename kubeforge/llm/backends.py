@@ -25,8 +25,8 @@ from transformers import DynamicCache
 
 from kubeforge.llm.adapters import AdapterBank
 from kubeforge.llm.kv_batch import KVBatch, check_full_attention, prefill_inputs
-from kubeforge.llm.source import artifact_kind
-from kubeforge.lm.inference import DecodeState, concat_states, left_pad, open_runner, read_model_config, select_rows
+from kubeforge.lm.inference import (DecodeState, artifact_kind, concat_states, left_pad, open_runner, read_model_config,
+                                    select_rows)
 from kubeforge.models import ModelError
 
 

@@ -7,7 +7,8 @@ from collections.abc import Mapping
 
 from kubeforge.config import ConfigError
 from kubeforge.llm.settings import LLMServeConfig, parse_adapter_list
-from kubeforge.llm.source import ServedLM, artifact_kind
+from kubeforge.llm.source import ServedLM
+from kubeforge.lm.inference import artifact_kind
 
 SERVICE = "kubeforge.llm.service:KubeforgeLLM"
 ROUTES = "POST /v1/completions, /v1/chat/completions; GET /v1/models, /readyz"

@@ -25,7 +25,8 @@ from importlib import metadata
 from pathlib import Path
 
 from kubeforge.config import ConfigError
-from kubeforge.llm.source import ServedLM, artifact_kind
+from kubeforge.llm.source import ServedLM
+from kubeforge.lm.inference import artifact_kind
 
 BENTO_NAME = "kubeforge-llm"
 BASE_MODEL_NAME = "kubeforge-llm-base"

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kubeforge.config import ConfigError
-from kubeforge.lm.inference import ONNX_MODEL_FILE, TORCHAO_FILE
+from kubeforge.lm.inference import ONNX_MODEL_FILE
 
 FINETUNED_ADAPTER = "finetuned"
 FINETUNED_GLOB = "lm-finetune*/finetuned_model"
@@ -49,14 +49,6 @@ def compressed_choice(path: Path) -> dict | None:
     if not isinstance(report, dict) or report.get("gate") != "passed" or not _is_model(path):
         return None
     return report
-
-
-def artifact_kind(directory: str | Path) -> str:
-    """'onnx' (model.onnx) or 'torchao' (torchao.json): served through kubeforge.lm.inference's runner, without
-    adapters; 'torch': a plain Hugging Face directory (transformers, adapters allowed)."""
-    directory = Path(directory)
-    return ("onnx" if (directory / ONNX_MODEL_FILE).is_file() else
-            "torchao" if (directory / TORCHAO_FILE).is_file() else "torch")
 
 
 def _describe(report: dict) -> str:

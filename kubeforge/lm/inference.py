@@ -264,15 +264,19 @@ def read_model_config(directory: str | Path) -> dict[str, Any]:
     return config.get("text_config", config) if isinstance(config.get("text_config"), dict) else config
 
 
-def is_onnx_dir(directory: str | Path) -> bool:
-    return (Path(directory) / ONNX_MODEL_FILE).is_file()
+def artifact_kind(directory: str | Path) -> str:
+    """'onnx' (model.onnx, run by ONNX Runtime), 'torchao' (torchao.json: torchao-quantised weights) or 'torch' (a
+    plain Hugging Face directory): what every reader of a kubeforge LM directory dispatches on."""
+    directory = Path(directory)
+    return ("onnx" if (directory / ONNX_MODEL_FILE).is_file() else
+            "torchao" if (directory / TORCHAO_FILE).is_file() else "torch")
 
 
 def open_runner(directory: str | Path, *, threads: int = 1, device: str = "cpu") -> CausalLMRunner:
     """The runner for any LM directory kubeforge writes: ONNX (model.onnx), torchao-quantised (torchao.json) or a
     plain Hugging Face directory. ``threads`` is the ONNX session's intra-op count; torch uses the process's."""
     directory = Path(directory)
-    if is_onnx_dir(directory):
+    if artifact_kind(directory) == "onnx":
         return OnnxRunner(onnx_session(directory / ONNX_MODEL_FILE, threads),
                           int(read_model_config(directory)["max_position_embeddings"]))
     return TorchRunner(load_torch_lm(directory, device=device))
@@ -281,7 +285,7 @@ def open_runner(directory: str | Path, *, threads: int = 1, device: str = "cpu")
 def load_torch_lm(directory: str | Path, *, device: str = "cpu") -> Any:
     """A torch causal LM from a kubeforge directory; torchao weights are rebuilt as torchao describes them."""
     directory = Path(directory)
-    if (directory / TORCHAO_FILE).is_file():
+    if artifact_kind(directory) == "torchao":
         from kubeforge.compression.lm_quantize import load_torchao_model
 
         return load_torchao_model(directory, device=device)

@@ -11,7 +11,8 @@ import pytest
 
 from kubeforge.config import ConfigError
 from kubeforge.llm.launch import serve_environment
-from kubeforge.llm.source import FINETUNED_ADAPTER, artifact_kind, is_lm_source, resolve_lm_source
+from kubeforge.llm.source import FINETUNED_ADAPTER, is_lm_source, resolve_lm_source
+from kubeforge.lm.inference import artifact_kind
 from kubeforge.lm.sources import check_checkpoint_files
 from tests.kubeforge.llm.conftest import build_adapter
 

@@ -152,12 +152,13 @@ def pick_dtype(preference: str, device: torch.device) -> torch.dtype:
     return getattr(torch, preference)
 
 
+def _ids(value: Any) -> set[int]:
+    """An ``eos_token_id`` setting (one id, a list, or None) as a set."""
+    return {int(v) for v in (value if isinstance(value, list) else [value]) if v is not None}
+
+
 def eos_token_ids(model: Any, tokenizer: Any) -> set[int]:
-    configured = getattr(model.generation_config, "eos_token_id", None)
-    ids = set(configured if isinstance(configured, list) else [configured] if configured is not None else [])
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    return ids
+    return _ids(getattr(model.generation_config, "eos_token_id", None)) | _ids(tokenizer.eos_token_id)
 
 
 def pad_token_id(tokenizer: Any, eos: set[int]) -> int:
@@ -188,7 +189,7 @@ def load_model(directory: Path, config: Any) -> LoadedModel:
     runner = open_runner(directory, threads=config.threads,
                          device="cpu" if kind == "onnx" else str(pick_device(config.device)))
     tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
-    eos = _configured_eos(directory) | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set())
+    eos = _configured_eos(directory) | _ids(tokenizer.eos_token_id)
     model_config = read_model_config(directory)
     backend = RunnerBackend(runner, pad_token_id(tokenizer, eos), kind)
     return LoadedModel(backend, tokenizer, None, eos, runner.context_length,
@@ -203,5 +204,5 @@ def _configured_eos(directory: Path) -> set[int]:
             value = json.loads((directory / name).read_text()).get("eos_token_id")
         except (OSError, ValueError):
             continue
-        ids.update(int(v) for v in (value if isinstance(value, list) else [value]) if v is not None)
+        ids |= _ids(value)
     return ids

@@ -6,8 +6,8 @@ cores): (a) with tenants (keys, budgets, weighted fair admission), (b) without a
 The engine's capacity C (generated tokens/s, streaming clients kept busy) is measured first. Open-loop streaming
 traffic, Poisson arrivals: tenant A at 8x tenant B's rate, offering ~2x C, over its concurrency budget and its token
 budget (sized at about C); B well within its own. Phases of ``--seconds`` each: B alone on (a); A + B on (b); A + B
-on (a), the three repeated ``--fair-repeats`` times, interleaved (medians reported). Targets: B's TTFT p99 on (a) under A's flood within 1.5x of B alone, no 429 for B, total generated tokens/s
-on (a) >= 0.9x of (b).
+on (a), the three repeated ``--fair-repeats`` times, interleaved (medians reported). Targets: B's TTFT p99 on (a)
+under A's flood within 1.5x of B alone, no 429 for B, total generated tokens/s on (a) >= 0.9x of (b).
 
 Part 1b (engine). The same arrivals submitted to the engine in-process (no HTTP), fair scheduler vs FIFO admission:
 B's wait from submission to first token, apart from what the HTTP side costs on a shared machine.

@@ -23,7 +23,7 @@ from kubeforge.llm import asgi
 from kubeforge.llm.errors import NOT_FOUND, OVERLOADED, APIError, bad_request, model_not_found
 from kubeforge.llm.tenancy.gateway_settings import GatewaySettings, gateway_tenancy
 from kubeforge.llm.tenancy.gateway_upstream import Upstream, pass_stream, pass_whole, unavailable
-from kubeforge.llm.tenancy.layer import TenantLayer, TenantRequest, current, header
+from kubeforge.llm.tenancy.layer import TenantLayer, TenantRequest, current_tenant_request, header
 from kubeforge.llm.tenancy.settings import TenancySettings
 from kubeforge.serving.meters import Meters
 
@@ -192,7 +192,7 @@ class GatewayApp:
     # ---- one generation request ------------------------------------------------------------------------------
 
     async def _forward(self, scope: dict, receive: Any, send: Any) -> None:
-        request = current()
+        request = current_tenant_request()
         try:
             body = await asgi.read_body(scope, receive, self.settings.max_payload_bytes)
             if body is None:

@@ -7,8 +7,8 @@ the body is parsed, the model (404 for a model the tenant may not see, exactly a
 the token budget (429: prompt + max_tokens over every choice is reserved from the tenant's bucket, the unused part
 given back when the request ends). Every request then leaves one audit line and its metrics, whatever its outcome.
 
-The request's state travels in a context variable, so route handlers reach it (``current()``) without new
-parameters; it is None where the layer is off.
+The request's state travels in a context variable, so route handlers reach it (``current_tenant_request()``)
+without new parameters; it is None where the layer is off.
 """
 
 from __future__ import annotations
@@ -41,12 +41,9 @@ RECENT = 32  # reservations remembered per tenant for the early check
 ASGIApp = Callable[[dict, Any, Any], Awaitable[Any]]
 
 
-def current() -> TenantRequest | None:
+def current_tenant_request() -> TenantRequest | None:
     """The tenant request being served in this task, or None (the layer is off)."""
     return _CURRENT.get()
-
-
-current_tenant_request = current
 
 
 def header(scope: dict, name: bytes) -> bytes | None:

@@ -16,6 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -24,10 +25,20 @@ class Overloaded(RuntimeError):
     """A request's deadline passed before its inference started; the caller answers 503."""
 
 
+class Waiter(Protocol):
+    """Who gets a request's probabilities: an asyncio.Future, or the fast path's exchange (kubeforge.serving.fastpath),
+    which answers from the callback without a task or a future."""
+
+    def cancelled(self) -> bool: ...
+    def done(self) -> bool: ...
+    def set_result(self, result: Any) -> None: ...
+    def set_exception(self, exception: BaseException) -> None: ...
+
+
 @dataclass(slots=True)
 class _Queued:
     rows: np.ndarray
-    future: asyncio.Future
+    future: Waiter
     deadline: float
 
 
@@ -53,13 +64,27 @@ class MicroBatcher:
             if self.clock() > deadline:
                 raise Overloaded("the deadline passed before inference started")
             return self._infer(rows)
+        future = asyncio.get_running_loop().create_future()
+        self.submit(rows, future, deadline)
+        return await future
+
+    def submit(self, rows: np.ndarray, waiter: Waiter, deadline: float = math.inf) -> None:
+        """Queue rows for the next batch; the waiter gets their probabilities or the failure. Call on the loop."""
+        if not self.enabled or len(rows) >= self.max_batch_size:
+            try:
+                if self.clock() > deadline:
+                    raise Overloaded("the deadline passed before inference started")
+                result = self._infer(rows)
+            except Exception as exc:
+                waiter.set_exception(exc)
+            else:
+                waiter.set_result(result)
+            return
         if self._worker is None or self._worker.done():
             self._wakeup = asyncio.Event()
             self._worker = asyncio.get_running_loop().create_task(self._run(), name="kubeforge-batcher")
-        future = asyncio.get_running_loop().create_future()
-        self._queue.append(_Queued(rows, future, deadline))
+        self._queue.append(_Queued(rows, waiter, deadline))
         self._wakeup.set()
-        return await future
 
     def _infer(self, rows: np.ndarray) -> np.ndarray:
         self.calls += 1
@@ -68,9 +93,9 @@ class MicroBatcher:
             self.on_batch(len(rows))
         return self.infer(rows)
 
-    def _next_batch(self) -> list[tuple[np.ndarray, asyncio.Future]]:
+    def _next_batch(self) -> list[tuple[np.ndarray, Waiter]]:
         now = self.clock()
-        batch: list[tuple[np.ndarray, asyncio.Future]] = []
+        batch: list[tuple[np.ndarray, Waiter]] = []
         size = 0
         while self._queue and size + len(self._queue[0].rows) <= self.max_batch_size:
             item = self._queue.popleft()

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 
 from kubeforge.serving import oip
 from kubeforge.serving.admission import Admission, Shed, Ticket
@@ -29,6 +30,7 @@ logger = logging.getLogger("kubeforge.serving")
 PREDICT_PATH = "/predict"
 OCTET_STREAM = b"application/octet-stream"
 NOT_LOADED = "the model is still loading; retry when /readyz is 200"
+INFERENCE_FAILED = "inference failed; see the server log"
 
 
 @dataclass
@@ -61,8 +63,32 @@ class ServingState:
         return self._documents[loaded]
 
 
-def _retry_after(shed: Shed) -> list[tuple[bytes, bytes]]:
+def retry_after(shed: Shed) -> list[tuple[bytes, bytes]]:
     return [(b"retry-after", str(shed.retry_after_s).encode())]
+
+
+def predict_rows(runtime: ModelRuntime, body: bytes) -> np.ndarray:
+    """The rows of a /predict body, or RequestError naming what is wrong with it."""
+    try:
+        payload = orjson.loads(body)
+    except ValueError:
+        # orjson refuses NaN/Infinity literals and integers beyond 64 bits; the stdlib reads them, so the row checks
+        # can name the feature, and words a truly malformed body for the client
+        try:
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise RequestError(f"malformed JSON: {exc}") from None
+    if not isinstance(payload, dict) or "instances" not in payload:
+        raise RequestError('the body must be a JSON object {"instances": [row, ...]}')
+    return runtime.parse(payload["instances"])
+
+
+def check_finite(probabilities: np.ndarray) -> None:
+    """Finite float32 inputs far outside the training range can overflow the model: refuse, naming the row."""
+    if not np.isfinite(probabilities).all():
+        index = int(np.argwhere(~np.isfinite(probabilities))[0][0])
+        raise RequestError(f"instance {index}: the model's output is not finite for this row; its values are "
+                           "likely far outside the range of the training data")
 
 
 class Handlers:
@@ -87,22 +113,31 @@ class Handlers:
         else:
             shed = admission.admit() if admission.policy.max_queue == 0 else await admission.enter()
         if isinstance(shed, Shed):
-            await send_json(send, 503, errors(shed.message), _retry_after(shed))
+            await send_json(send, 503, errors(shed.message), retry_after(shed))
             return 503
         return runtime, batcher, shed
 
+    def admit_now(self) -> tuple[ModelRuntime, MicroBatcher, Ticket] | Shed:
+        """Readiness and admission without waiting (the policy has no queue): the fast path's ``_admit``."""
+        runtime, batcher = self.state.runtime, self.state.batcher
+        if runtime is None or batcher is None:
+            return self.state.admission.refuse_not_ready(NOT_LOADED)
+        ticket = self.state.admission.admit()
+        return ticket if isinstance(ticket, Shed) else (runtime, batcher, ticket)
+
+    def overloaded(self, exc: Overloaded) -> Shed:
+        """The 503 for a request whose deadline passed before its batch was formed (counted as timed out)."""
+        admission = self.state.admission
+        admission.timed_out()
+        return Shed("deadline", f"overloaded: {exc}; retry later", admission.policy.retry_after_s)
+
     async def _infer(self, batcher: MicroBatcher, rows: np.ndarray, ticket: Ticket) -> np.ndarray | Shed:
         """Probabilities, a Shed when the deadline passed first, or RequestError for rows the model cannot take."""
-        admission = self.state.admission
         try:
             probabilities = await batcher.predict(rows, ticket.deadline)
         except Overloaded as exc:
-            admission.timed_out()
-            return Shed("deadline", f"overloaded: {exc}; retry later", admission.policy.retry_after_s)
-        if not np.isfinite(probabilities).all():  # finite float32 inputs far outside the training range overflow
-            index = int(np.argwhere(~np.isfinite(probabilities))[0][0])
-            raise RequestError(f"instance {index}: the model's output is not finite for this row; its values are "
-                               "likely far outside the range of the training data")
+            return self.overloaded(exc)
+        check_finite(probabilities)
         return probabilities
 
     async def predict(self, scope: dict, receive: Any, send: Any) -> int:
@@ -127,13 +162,7 @@ class Handlers:
                        ) -> tuple[int, bytes, list | None]:
         self.state.admission.received(ticket)
         try:
-            payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            return 400, error_body(f"malformed JSON: {exc}"), None
-        if not isinstance(payload, dict) or "instances" not in payload:
-            return 400, error_body('the body must be a JSON object {"instances": [row, ...]}'), None
-        try:
-            rows = runtime.parse(payload["instances"])
+            rows = predict_rows(runtime, body)
         except RequestError as exc:
             return exc.status, error_body(str(exc)), None
         try:
@@ -142,11 +171,14 @@ class Handlers:
             return exc.status, error_body(str(exc)), None
         except Exception:  # a broken model must not take the worker down; the cause goes to the log
             logger.exception("inference failed")
-            return 500, error_body("inference failed; see the server log"), None
+            return 500, error_body(INFERENCE_FAILED), None
         if isinstance(probabilities, Shed):
-            return 503, error_body(probabilities.message), _retry_after(probabilities)
-        predictions = runtime.predictions_json(probabilities)
-        return 200, b'{"predictions":' + predictions + b',"model":' + self.state.model_json + b"}", None
+            return 503, error_body(probabilities.message), retry_after(probabilities)
+        return 200, self.predict_answer(runtime, probabilities), None
+
+    def predict_answer(self, runtime: ModelRuntime, probabilities: np.ndarray) -> bytes:
+        """The 200 body of /predict for finite probabilities."""
+        return b'{"predictions":' + runtime.predictions_json(probabilities) + b',"model":' + self.state.model_json + b"}"
 
     async def document(self, scope: dict, receive: Any, send: Any) -> int:
         await send_json(send, 200, self.state.document())
@@ -249,9 +281,9 @@ class Handlers:
             return exc.status, oip.error_json(str(exc)), None
         except Exception:
             logger.exception("inference failed")
-            return 500, oip.error_json("inference failed; see the server log"), None
+            return 500, oip.error_json(INFERENCE_FAILED), None
         if isinstance(probabilities, Shed):
-            return 503, oip.error_json(probabilities.message), _retry_after(probabilities)
+            return 503, oip.error_json(probabilities.message), retry_after(probabilities)
         payload, header_length = oip.encode_infer_response(request, probabilities, runtime.spec.class_names,
                                                            self.state.model_name)
         return 200, payload, ([(b"inference-header-content-length", header_length)] if header_length else None)

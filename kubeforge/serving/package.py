@@ -24,9 +24,9 @@ from kubeforge.models import load_spec
 MODEL_NAME = "kubeforge-model"
 BENTO_NAME = "kubeforge-classifier"
 # What the service imports at run time; pinned to this environment's versions because locking is off.
-# uvloop and httptools: the event loop and HTTP parser the served path was measured on (bench.serving)
+# uvloop, httptools and orjson: the event loop, HTTP parser and JSON parser the served path was measured on
 SERVICE_REQUIREMENTS = ("bentoml", "fastapi", "torch", "onnxruntime", "numpy", "safetensors", "pydantic",
-                        "pyyaml", "uvloop", "httptools")
+                        "pyyaml", "uvloop", "httptools", "orjson")
 SERVICE_ENTRY = """# Written by kubeforge: serves the model stored in this Bento under the tag below.
 import os
 

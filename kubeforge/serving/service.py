@@ -61,10 +61,18 @@ BATCH_ROWS = METERS.add(LocalHistogram("kubeforge_inference_batch_rows",
 
 
 def front_door(app):
-    """BentoML's app behind kubeforge's routes (FrontDoorService calls this in each worker)."""
-    return FrontDoor(app, routes={PREDICT_PATH: HANDLERS.predict, "/schema.json": HANDLERS.document,
+    """BentoML's app behind kubeforge's routes (FrontDoorService calls this in each worker, before uvicorn starts)."""
+    door = FrontDoor(app, routes={PREDICT_PATH: HANDLERS.predict, "/schema.json": HANDLERS.document,
                                   "/docs.json": HANDLERS.document},
                      prefixes={"/v2": HANDLERS.v2}, meters=METERS)
+    if CONFIG.fast_path:
+        try:
+            from kubeforge.serving import fastpath  # needs httptools
+        except ImportError:
+            logger.info("kubeforge: no httptools, so /predict is served through ASGI")
+        else:
+            fastpath.install({PREDICT_PATH: fastpath.FastPredict(HANDLERS, door.record, METERS)})
+    return door
 
 
 def _model_dir() -> str:

@@ -1,0 +1,242 @@
+"""POST /predict answered inside the HTTP protocol, below ASGI: the rules of kubeforge.serving.http, less overhead.
+
+Measured on 2 cores at 64 connections (bench/serving): a do-nothing ASGI app on uvicorn + httptools answers ~27 k
+requests/s, the same protocol answering from its parser callbacks ~85 k. ASGI's per-request task, scope, receive and
+send coroutines and two transport writes cost more than an int8 inference of a small MLP, so /predict skips them: on
+the parser's callbacks a request is admitted (before its body is read), its rows are decoded and handed to the
+batcher, and the batcher's callback writes the whole response at once. Admission, the request contract, the answers,
+the deadline rule and the request metrics are the ones the ASGI handlers use (kubeforge.serving.http, .frontdoor).
+
+Anything unusual takes uvicorn's ASGI path unchanged, where the front door answers it by the same rules: other
+routes and methods, a query string, no Content-Length (chunked) or one over the limit (the 413 path drains the
+body), ``Expect: 100-continue``, HTTP/1.0, upgrades, a request pipelined behind a pending one, uvicorn's own
+``limit_concurrency``, and an admission policy with a queue (waiting needs a task). uvicorn's access log is not
+written for fast requests (BentoML's is off in kubeforge's service; /metrics counts them).
+
+Installed per worker by the service module (``install``): BentoML builds uvicorn's Config itself, without an ``http``
+option, so the worker's "auto" and "httptools" protocol names are pointed at ``FastPathProtocol``. Without httptools
+(the h11 stack) nothing is installed. ``KUBEFORGE_SERVE_FAST_PATH=false`` turns it off.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import numpy as np
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from kubeforge.serving.admission import Shed, Ticket
+from kubeforge.serving.batching import MicroBatcher, Overloaded
+from kubeforge.serving.http import (INFERENCE_FAILED, PREDICT_PATH, Handlers, check_finite, predict_rows,
+                                    retry_after)
+from kubeforge.serving.limits import error_body
+from kubeforge.serving.meters import LocalCounter, Meters
+from kubeforge.serving.runtime import ModelRuntime, RequestError
+
+logger = logging.getLogger("kubeforge.serving")
+Record = Callable[[str, int, float], None]  # FrontDoor.record: route, status, perf_counter at arrival
+
+
+class FastPredict:
+    """What the protocol needs to answer /predict: the worker's handlers and the front door's request metrics."""
+
+    def __init__(self, handlers: Handlers, record: Record, meters: Meters):
+        self.handlers = handlers
+        self.on_request = meters.start  # arms the metrics flush on a worker's first request
+        # the share of /predict traffic below ASGI: chunked or oversized bodies, queues etc. take the ASGI path
+        self.answered = meters.add(LocalCounter("kubeforge_fast_path_requests_total",
+                                                "requests answered inside the HTTP protocol, below ASGI", ["route"]))
+        self._record = record
+
+    def record(self, route: str, status: int, started: float) -> None:
+        self._record(route, status, started)
+        self.answered.inc((route,))
+
+    @property
+    def max_body(self) -> int:
+        return self.handlers.state.max_payload_bytes
+
+    @property
+    def usable(self) -> bool:
+        return self.handlers.state.admission.policy.max_queue == 0
+
+
+ROUTES: dict[bytes, FastPredict] = {}
+
+
+class _NoEvent:
+    """uvicorn's connection_lost sets its cycle's message event; an exchange has no reader waiting on one."""
+
+    def set(self) -> None:
+        pass
+
+
+class Exchange:
+    """One /predict request on the fast path. To the protocol it looks like uvicorn's RequestResponseCycle
+    (``response_complete``, ``keep_alive``, ``disconnected``); to the batcher like an asyncio.Future."""
+
+    __slots__ = ("protocol", "route", "keep_alive", "started", "chunks", "admitted", "ticket", "response_complete",
+                 "disconnected")
+    message_event = _NoEvent()
+
+    def __init__(self, protocol: FastPathProtocol, route: FastPredict, keep_alive: bool):
+        self.protocol = protocol
+        self.route = route
+        self.keep_alive = keep_alive
+        self.started = time.perf_counter()
+        self.chunks: list[bytes] = []
+        self.response_complete = False
+        self.disconnected = False
+        route.on_request()
+        # admitted or shed before a byte of the body is looked at
+        self.admitted: tuple[ModelRuntime, MicroBatcher, Ticket] | Shed = route.handlers.admit_now()
+        self.ticket: Ticket | None = None if isinstance(self.admitted, Shed) else self.admitted[2]
+
+    def refuse_if_shed(self) -> None:
+        """A shed request is answered at once, before its body arrives (the rest of it is parsed and dropped)."""
+        if isinstance(self.admitted, Shed):
+            self.respond(503, error_body(self.admitted.message), retry_after(self.admitted))
+
+    def body(self, chunk: bytes) -> None:
+        if not self.response_complete:
+            self.chunks.append(chunk)
+
+    def received(self) -> None:
+        """The whole body is in: refuse a bad body, or hand the rows to the batcher."""
+        admitted = self.admitted
+        if self.response_complete or isinstance(admitted, Shed):
+            return
+        runtime, batcher, ticket = admitted
+        self.route.handlers.state.admission.received(ticket)
+        try:
+            rows = predict_rows(runtime, b"".join(self.chunks))
+        except RequestError as exc:
+            self.respond(exc.status, error_body(str(exc)))
+            return
+        self.chunks = []
+        batcher.submit(rows, self, ticket.deadline)
+
+    # the batcher's side (kubeforge.serving.batching.Waiter)
+    def cancelled(self) -> bool:
+        return self.disconnected
+
+    def done(self) -> bool:
+        return self.response_complete or self.disconnected
+
+    def set_result(self, probabilities: np.ndarray) -> None:
+        try:
+            check_finite(probabilities)
+            body = self.route.handlers.predict_answer(self.admitted[0], probabilities)  # type: ignore[index]
+        except RequestError as exc:
+            self.respond(exc.status, error_body(str(exc)))
+        else:
+            self.respond(200, body)
+
+    def set_exception(self, exception: BaseException) -> None:
+        if isinstance(exception, Overloaded):
+            shed = self.route.handlers.overloaded(exception)
+            self.respond(503, error_body(shed.message), retry_after(shed))
+            return
+        logger.error("inference failed", exc_info=exception)
+        self.respond(500, error_body(INFERENCE_FAILED))
+
+    def respond(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        self._release()
+        if self.response_complete or self.disconnected:
+            return
+        self.response_complete = True
+        self.protocol.write_response(status, body, headers, self.keep_alive)
+        self.route.record(PREDICT_PATH, status, self.started)
+
+    def abandon(self) -> None:
+        """The client went away before its answer: free the slot; the batcher skips the rows if not yet run."""
+        self.disconnected = True
+        self._release()
+
+    def _release(self) -> None:
+        if self.ticket is not None:
+            ticket, self.ticket = self.ticket, None
+            self.route.handlers.state.admission.done(ticket)
+
+
+class FastPathProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, answering the routes in ROUTES itself when the request is plain."""
+
+    exchange: Exchange | None = None
+
+    def on_headers_complete(self) -> None:
+        route = ROUTES.get(self.url)
+        if route is not None and self._plain(route):
+            self.exchange = self.cycle = Exchange(self, route, self.parser.should_keep_alive())  # type: ignore[assignment]
+            self.exchange.refuse_if_shed()
+            return
+        super().on_headers_complete()
+
+    def _plain(self, route: FastPredict) -> bool:
+        parser = self.parser
+        if (parser.get_method() != b"POST" or parser.get_http_version() != "1.1" or self.expect_100_continue
+                or parser.should_upgrade() or self.limit_concurrency is not None or not route.usable):
+            return False
+        if self.cycle is not None and not self.cycle.response_complete:  # pipelined behind a pending request
+            return False
+        length = None
+        for name, value in self.headers:
+            if name == b"content-length":
+                length = value
+            elif name == b"transfer-encoding":
+                return False
+        return length is not None and length.isdigit() and int(length) <= route.max_body
+
+    def on_body(self, body: bytes) -> None:
+        cycle = self.cycle
+        if type(cycle) is Exchange:
+            cycle.body(body)
+        else:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        cycle = self.cycle
+        if type(cycle) is not Exchange:
+            super().on_message_complete()
+            return
+        try:
+            cycle.received()
+        except Exception:  # raised into httptools it would become a 400 "invalid HTTP request"
+            logger.exception("the fast path failed")
+            cycle.respond(500, error_body(INFERENCE_FAILED))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.exchange is not None and not self.exchange.response_complete:
+            self.exchange.abandon()
+        super().connection_lost(exc)
+
+    def write_response(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None,
+                       keep_alive: bool) -> None:
+        """The whole response in one write, with uvicorn's default headers (date), then uvicorn's bookkeeping."""
+        if self.transport.is_closing():
+            return
+        parts = [STATUS_LINE[status]]
+        for name, value in self.server_state.default_headers:
+            parts += (name, b": ", value, b"\r\n")
+        parts.append(b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body))
+        for name, value in headers or ():
+            parts += (name, b": ", value, b"\r\n")
+        if not keep_alive:
+            parts.append(b"connection: close\r\n")
+        parts += (b"\r\n", body)
+        self.transport.write(b"".join(parts))
+        if not keep_alive:
+            self.transport.close()
+        self.on_response_complete()
+
+
+def install(routes: dict[str, FastPredict]) -> None:
+    """Serve ``routes`` on the fast path in this process: point uvicorn's protocol names at FastPathProtocol."""
+    from uvicorn import config
+
+    ROUTES.update({path.encode(): route for path, route in routes.items()})
+    name = f"{__name__}:{FastPathProtocol.__name__}"
+    config.HTTP_PROTOCOLS["auto"] = config.HTTP_PROTOCOLS["httptools"] = name
+    logger.info("kubeforge: %s answered by the httptools fast path", ", ".join(routes))

@@ -1,0 +1,141 @@
+"""POST /predict below ASGI (kubeforge.serving.fastpath): the same answers as the ASGI path, over real sockets."""
+
+import json
+import socket
+import time
+
+import httpx
+import pytest
+
+from tests.kubeforge.serving.conftest import Server
+
+pytestmark = [pytest.mark.server, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def paths(served_onnx_dir, tmp_path_factory):
+    """The same model served twice: with the fast path (the default) and with it turned off."""
+    servers = {"fast": Server(served_onnx_dir, tmp_path_factory.mktemp("fast")),
+               "asgi": Server(served_onnx_dir, tmp_path_factory.mktemp("asgi"), KUBEFORGE_SERVE_FAST_PATH="false")}
+    try:
+        for running in servers.values():
+            running.wait("/readyz", 200)
+        yield servers
+    finally:
+        for running in servers.values():
+            running.stop()
+
+
+def fast_path_count(server: Server) -> float:
+    time.sleep(0.4)  # meters are published every 0.25 s
+    for line in httpx.get(server.url + "/metrics", timeout=5).text.splitlines():
+        if line.startswith('kubeforge_fast_path_requests_total{route="/predict"}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def bodies(digits) -> list[bytes]:
+    row = digits.X_test[0].tolist()
+    named = dict(zip(digits.feature_names, row, strict=True))
+    return [json.dumps({"instances": [row]}).encode(),
+            json.dumps({"instances": digits.X_test[1:4].tolist()}).encode(),
+            json.dumps({"instances": [named]}).encode(),
+            b'{"instances": [',  # malformed
+            b'{"instances": [[NaN' + b", 0.0" * 63 + b"]]}",  # a literal the stdlib reads, orjson refuses
+            b'{"instances": [[1' + b"0" * 400 + b", 0.0" * 63 + b"]]}",  # an integer beyond any float
+            json.dumps({"instances": [row[:3]]}).encode(),
+            json.dumps({"instances": [[True] + row[1:]]}).encode(),
+            json.dumps({"instances": [["1.0"] + row[1:]]}).encode(),
+            json.dumps({"instances": [[3e38] * 64]}).encode(),  # finite in, overflowing out
+            json.dumps({"instances": []}).encode(),
+            json.dumps({"instances": [row] * 9}).encode(),  # over the test server's 8 rows
+            json.dumps([row]).encode(),
+            "{\"instances\": [[\u00e9]]}".encode()]
+
+
+def test_the_fast_path_answers_exactly_as_the_asgi_path(paths, digits):
+    before = fast_path_count(paths["fast"])
+    answers = {}
+    for name, server in paths.items():
+        with httpx.Client(timeout=10) as client:
+            answers[name] = [client.post(server.url + "/predict", content=body,
+                                         headers={"content-type": "application/json"}) for body in bodies(digits)]
+    for fast, asgi in zip(answers["fast"], answers["asgi"], strict=True):
+        assert (fast.status_code, fast.content) == (asgi.status_code, asgi.content)
+        assert fast.headers["content-type"] == asgi.headers["content-type"] == "application/json"
+        assert "date" in fast.headers
+    statuses = [reply.status_code for reply in answers["fast"]]
+    assert statuses[:3] == [200, 200, 200] and set(statuses[3:]) <= {400, 413}, statuses
+    assert "not finite" in answers["fast"][9].json()[0]["error"]
+    assert fast_path_count(paths["fast"]) - before == len(statuses)
+    assert fast_path_count(paths["asgi"]) == 0
+
+
+def raw_request(body: bytes, *headers: str) -> bytes:
+    lines = ["POST /predict HTTP/1.1", "Host: x", "Content-Type: application/json", *headers]
+    if not any(h.lower().startswith("transfer-encoding") for h in headers):
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def read_responses(sock: socket.socket, count: int) -> list[tuple[str, dict, bytes]]:
+    """``count`` HTTP responses (status line, headers, body) read off one connection."""
+    sock.settimeout(10)
+    data, responses = b"", []
+    while len(responses) < count:
+        if b"\r\n\r\n" in data:
+            head, rest = data.split(b"\r\n\r\n", 1)
+            status, *fields = head.decode().split("\r\n")
+            headers = {k.lower(): v.strip() for k, v in (f.split(":", 1) for f in fields)}
+            length = int(headers["content-length"])
+            if len(rest) >= length:
+                responses.append((status, headers, rest[:length]))
+                data = rest[length:]
+                continue
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed after {len(responses)} responses"
+        data += chunk
+    return responses
+
+
+def test_pipelined_requests_are_answered_in_order_on_one_connection(paths, digits):
+    one, three = json.dumps({"instances": [digits.X_test[0].tolist()]}).encode(), \
+        json.dumps({"instances": digits.X_test[1:4].tolist()}).encode()
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(one), one)
+    with socket.create_connection(("127.0.0.1", paths["fast"].port)) as sock:
+        # fast, fast behind a pending one (ASGI), chunked (ASGI), malformed (fast)
+        sock.sendall(raw_request(one) + raw_request(three) + raw_request(chunked, "Transfer-Encoding: chunked")
+                     + raw_request(b"{"))
+        replies = read_responses(sock, 4)
+    assert [status.split()[1] for status, _, _ in replies] == ["200", "200", "200", "400"]
+    assert [len(json.loads(body)["predictions"]) for _, _, body in replies[:3]] == [1, 3, 1]
+
+
+def test_connection_close_and_http_1_0_close_after_the_answer(paths, digits):
+    body = json.dumps({"instances": [digits.X_test[0].tolist()]}).encode()
+    with socket.create_connection(("127.0.0.1", paths["fast"].port)) as sock:
+        sock.sendall(raw_request(body, "Connection: close"))
+        (status, headers, _), = read_responses(sock, 1)
+        assert status.startswith("HTTP/1.1 200") and headers["connection"] == "close"
+        assert sock.recv(10) == b""
+    with socket.create_connection(("127.0.0.1", paths["fast"].port)) as sock:
+        sock.sendall(raw_request(body).replace(b"HTTP/1.1", b"HTTP/1.0", 1))
+        (status, _, reply), = read_responses(sock, 1)
+        assert status.split()[1] == "200" and json.loads(reply)["predictions"]
+
+
+def test_a_client_gone_before_its_answer_gives_its_slot_back(served_onnx_dir, tmp_path, digits):
+    limited = Server(served_onnx_dir, tmp_path, KUBEFORGE_SERVE_MAX_CONCURRENCY="1",
+                     KUBEFORGE_SERVE_MIN_CONCURRENCY="1", KUBEFORGE_SERVE_LIMIT_MODE="fixed")
+    body = json.dumps({"instances": [digits.X_test[0].tolist()]}).encode()
+    try:
+        limited.wait("/readyz", 200)
+        for _ in range(3):  # each holds the only slot, then goes away mid-body
+            with socket.create_connection(("127.0.0.1", limited.port)) as sock:
+                sock.sendall(raw_request(body)[:-10])
+                time.sleep(0.2)
+        time.sleep(0.3)
+        reply = httpx.post(limited.url + "/predict", content=body, timeout=10)
+        assert reply.status_code == 200, reply.text
+    finally:
+        limited.stop()

@@ -5,7 +5,10 @@ Servers (all on one uvicorn worker, the same HTTP stack: uvloop/httptools when i
 (a) kubeforge: `kubeforge.serving.service` with its defaults (1 worker, 1 inference thread, batching and adaptive
     admission at their defaults) on the compressed model the gate picks (ONNX Runtime int8).
 (b) naive: FastAPI + uvicorn, the uncompressed fp32 torch model, one forward per request.
-(c) null: an ASGI app that reads the body and answers a constant: the ceiling of the stack.
+(c) null: an ASGI app that reads the body and answers a constant: the ceiling of the stack through ASGI.
+Also measured: (a) with its fast path off (``KUBEFORGE_SERVE_FAST_PATH=false``: /predict through ASGI too), and a
+null httptools protocol answering a constant from its parser callbacks (the floor below ASGI that kubeforge's fast
+path stands on; with httptools only).
 All serve (or pretend to serve) the MLP 64-1024-1024-10 trained on digits and get identical payloads, one digits row
 per request. Loopback only; the load generator shares the 2 cores with the server under test.
 
@@ -66,6 +69,32 @@ NULL_SERVER = textwrap.dedent("""
         await send({"type": "http.response.body", "body": BODY})
 
     uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
+""")
+# the floor below ASGI: the same uvicorn + httptools protocol answering a constant from its parser callbacks, as
+# kubeforge's fast path does (kubeforge.serving.fastpath); only with httptools
+NULL_PROTOCOL_SERVER = textwrap.dedent("""
+    import sys
+    import uvicorn
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    BODY = b'{"ok":true}'
+    ANSWER = b"HTTP/1.1 200 OK\\r\\ncontent-type: application/json\\r\\ncontent-length: 11\\r\\n\\r\\n" + BODY
+
+    class NullProtocol(HttpToolsProtocol):
+        def on_headers_complete(self):
+            pass
+
+        def on_body(self, body):
+            pass
+
+        def on_message_complete(self):
+            self.transport.write(ANSWER)
+
+    async def app(scope, receive, send):
+        raise RuntimeError("every request is answered by the protocol")
+
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", http=NullProtocol,
+                lifespan="off")
 """)
 # on PYTHONPATH of every server with --stack h11: uvicorn's "auto" then picks asyncio and h11
 HIDE_FAST_STACK = 'import sys\nsys.modules["uvloop"] = None\nsys.modules["httptools"] = None\n'
@@ -261,6 +290,7 @@ def main() -> None:
                "--host", "127.0.0.1", "--port", "{port}"]
     ours, naive, null = "kubeforge (BentoML, ONNX int8, 1 worker)", "naive (FastAPI, torch fp32, 1 worker)", \
         "null ASGI app (the stack's ceiling)"
+    ours_asgi, null_protocol = "kubeforge, fast path off (all through ASGI)", "null httptools protocol (below ASGI)"
     load_before = os.getloadavg()[0]
     runs: dict[str, dict[int, list[dict]]] = {}
     overload: dict[str, dict[str, dict[int, list[dict]]]] = {}
@@ -274,9 +304,13 @@ def main() -> None:
             (root / "stack").mkdir()
             (root / "stack" / "sitecustomize.py").write_text(HIDE_FAST_STACK)
             stack_env = {"PYTHONPATH": str(root / "stack")}
-        servers = {ours: (bentoml, {"KUBEFORGE_MODEL_DIR": str(int8), "BENTOML_HOME": str(root / "bh")}),
+        served = {"KUBEFORGE_MODEL_DIR": str(int8), "BENTOML_HOME": str(root / "bh")}
+        servers = {ours: (bentoml, served),
+                   ours_asgi: (bentoml, {**served, "KUBEFORGE_SERVE_FAST_PATH": "false"}),
                    naive: ([sys.executable, "-c", NAIVE_SERVER, str(fp32), "{port}"], {}),
                    null: ([sys.executable, "-c", NULL_SERVER, "{port}"], {})}
+        if args.stack == "auto" and versions("httptools")["httptools"] != "not installed":
+            servers[null_protocol] = ([sys.executable, "-c", NULL_PROTOCOL_SERVER, "{port}"], {})
         running: dict[str, tuple[str, subprocess.Popen]] = {}
         for name, (command, env) in servers.items():
             port = free_port()
@@ -317,6 +351,9 @@ def main() -> None:
                         time.sleep(0.5)  # let a shed storm's stragglers drain before the next level
     results = {name: [summarize(levels[clients]) for clients in CLIENTS] for name, levels in runs.items()}
     top = {name: levels[-1]["req_per_s"] for name, levels in results.items()}
+
+    def per_repeat(a: str, b: str, digits: int) -> list[float]:
+        return [round(x["req_per_s"] / y["req_per_s"], digits) for x, y in zip(runs[a][64], runs[b][64], strict=True)]
     overload_results = {mode: {name: [summarize_overload(levels[f], f) for f in OVERLOAD_FACTORS]
                                for name, levels in by_name.items()} for mode, by_name in overload.items()}
     stack_used = "asyncio + h11" if args.stack == "h11" else (
@@ -330,10 +367,12 @@ def main() -> None:
             "results": results,
             "ratio_to_naive_at_64": round(top[ours] / top[naive], 2),
             "ratio_to_null_at_64": round(top[ours] / top[null], 3),
-            "ratio_to_naive_at_64_per_repeat": [round(a["req_per_s"] / b["req_per_s"], 2) for a, b in
-                                                zip(runs[ours][64], runs[naive][64], strict=True)],
-            "ratio_to_null_at_64_per_repeat": [round(a["req_per_s"] / b["req_per_s"], 3) for a, b in
-                                               zip(runs[ours][64], runs[null][64], strict=True)],
+            "ratio_to_naive_at_64_per_repeat": per_repeat(ours, naive, 2),
+            "ratio_to_null_at_64_per_repeat": per_repeat(ours, null, 3),
+            "fast_path_off_ratio_to_null_at_64": round(top[ours_asgi] / top[null], 3),
+            "fast_path_speedup_at_64_per_repeat": per_repeat(ours, ours_asgi, 2),
+            **({"ratio_to_null_protocol_at_64": round(top[ours] / top[null_protocol], 3)}
+               if null_protocol in top else {}),
             "meets_target": {"ge_3x_naive": top[ours] >= 3 * top[naive],
                              "ge_60pct_of_null": top[ours] >= 0.6 * top[null],
                              "zero_errors": results[ours][-1]["errors"] == 0}},

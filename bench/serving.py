@@ -17,7 +17,7 @@ fixed duration; throughput, p50/p99, errors and the server's CPU per request. Ta
 >= 60 % of null.
 Part 2, overload: closed-loop clients (bench.serving_load: latencies kept apart for 2xx and 503) at 1x, 2x, 8x and 16x
 the concurrency that saturates kubeforge (the smallest of 1, 2, 4, 8, 16, 32 clients reaching 90 % of the best
-goodput), for kubeforge and naive, once with clients that send again at once (wrk-like) and once with clients that
+goodput, each level's best of three sweeps), for kubeforge and naive, once with clients that send again at once (wrk-like) and once with clients that
 honour Retry-After; goodput, p50/p99 of accepted requests, p99 of 503s, errors, server RSS. Targets: goodput at 8x and
 16x >= 85 % of the peak, accepted p99 <= 2x the p99 at 1x, 503 p99 <= 5 ms, RSS within 10 % of the 1x level, no
 connection errors, naive beaten at every level.
@@ -271,8 +271,13 @@ def overload_targets(ours: list[dict], naive: list[dict]) -> dict:
     }
 
 
-def saturation(url: str, payloads: Path) -> tuple[int, dict[int, float]]:
-    goodput = {clients: closed_loop(url, payloads, clients, 2, False)["goodput_per_s"] for clients in SATURATION_SWEEP}
+def saturation(url: str, payloads: Path, sweeps: int = 3) -> tuple[int, dict[int, float]]:
+    """The sweep runs ``sweeps`` times and keeps each level's best: on a shared machine noise only ever lowers
+    goodput, and one unlucky 2 s run must not make a small level look saturating."""
+    goodput = {clients: 0.0 for clients in SATURATION_SWEEP}
+    for _ in range(sweeps):
+        for clients in SATURATION_SWEEP:
+            goodput[clients] = max(goodput[clients], closed_loop(url, payloads, clients, 2, False)["goodput_per_s"])
     best = max(goodput.values())
     return next(c for c in SATURATION_SWEEP if goodput[c] >= 0.9 * best), goodput
 

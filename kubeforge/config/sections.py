@@ -181,8 +181,8 @@ class ServeConfig(EnvSection):
     max_payload_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="largest accepted request body")
     model_name: str = Field("kubeforge-classifier", pattern=DNS_LABEL_PATTERN, max_length=63,
                             description="the model's name in the Open Inference Protocol v2 routes")
-    fast_path: bool = Field(True, description="answer plain POST /predict requests inside the HTTP protocol "
-                                              "(httptools) instead of through ASGI: same rules, less CPU per request")
+    fast_path: bool = Field(True, description="answer plain POST /predict and v2 infer requests inside the HTTP "
+                                              "protocol (httptools), not through ASGI: same rules, less CPU each")
 
     @model_validator(mode="after")
     def _floor_below_ceiling(self) -> ServeConfig:

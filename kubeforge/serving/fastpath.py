@@ -1,21 +1,22 @@
-"""POST /predict answered inside the HTTP protocol, below ASGI: the rules of kubeforge.serving.http, less overhead.
+"""POST /predict and v2 infer answered inside the HTTP protocol, below ASGI: the rules of kubeforge.serving.http.
 
 Measured on 2 cores at 64 connections (bench/serving): a do-nothing ASGI app on uvicorn + httptools answers ~27 k
 requests/s, the same protocol answering from its parser callbacks ~85 k. ASGI's per-request task, scope, receive and
-send coroutines and two transport writes cost more than an int8 inference of a small MLP, so /predict skips them: on
-the parser's callbacks a request is admitted (before its body is read), its rows are decoded and handed to the
-batcher, and the batcher's callback writes the whole response at once. Admission, the request contract, the answers,
-the deadline rule and the request metrics are the ones the ASGI handlers use (kubeforge.serving.http, .frontdoor).
+send coroutines and two transport writes cost more than an int8 inference of a small MLP, so the inference routes
+skip them: on the parser's callbacks a request is admitted (before its body is read), its rows are decoded and
+handed to the batcher, and the batcher's callback writes the whole response at once. Admission, the request
+contracts, the answers, the deadline rule and the request metrics are the ones the ASGI handlers use
+(kubeforge.serving.http, .frontdoor); a FastRoute only says which decoder and answer a route has.
 
 Anything unusual takes uvicorn's ASGI path unchanged, where the front door answers it by the same rules: other
-routes and methods, a query string, no Content-Length (chunked) or one over the limit (the 413 path drains the
-body), ``Expect: 100-continue``, HTTP/1.0, upgrades, a request pipelined behind a pending one, uvicorn's own
-``limit_concurrency``, and an admission policy with a queue (waiting needs a task). uvicorn's access log is not
+routes and methods, a query string or trailing slash, no Content-Length (chunked) or one over the limit (the 413 path
+drains the body), ``Expect: 100-continue``, HTTP/1.0, upgrades, a request pipelined behind a pending one, uvicorn's
+own ``limit_concurrency``, and an admission policy with a queue (waiting needs a task). uvicorn's access log is not
 written for fast requests (BentoML's is off in kubeforge's service; /metrics counts them).
 
 Installed per worker by the service module (``install``): BentoML builds uvicorn's Config itself, without an ``http``
 option, so the worker's "auto" and "httptools" protocol names are pointed at ``FastPathProtocol``. Without httptools
-(the h11 stack) nothing is installed. ``KUBEFORGE_SERVE_FAST_PATH=false`` turns it off.
+(the h11 stack) the module does not import and nothing changes. ``KUBEFORGE_SERVE_FAST_PATH=false`` turns it off.
 """
 
 from __future__ import annotations
@@ -23,15 +24,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from kubeforge.serving import oip
 from kubeforge.serving.admission import Shed, Ticket
 from kubeforge.serving.batching import MicroBatcher, Overloaded
-from kubeforge.serving.http import (INFERENCE_FAILED, PREDICT_PATH, Handlers, check_finite, predict_rows,
-                                    retry_after)
-from kubeforge.serving.limits import error_body
+from kubeforge.serving.http import (INFERENCE_FAILED, PREDICT_PATH, Handlers, check_finite, predict_rows, retry_after,
+                                    v2_answer, v2_content_type, v2_request)
+from kubeforge.serving.limits import JSON_BYTES, error_body
 from kubeforge.serving.meters import LocalCounter, Meters
 from kubeforge.serving.runtime import ModelRuntime, RequestError
 
@@ -39,20 +42,17 @@ logger = logging.getLogger("kubeforge.serving")
 Record = Callable[[str, int, float], None]  # FrontDoor.record: route, status, perf_counter at arrival
 
 
-class FastPredict:
-    """What the protocol needs to answer /predict: the worker's handlers and the front door's request metrics."""
+class FastRoute:
+    """One route the protocol answers itself: how its body becomes rows and its probabilities an answer, with the
+    worker's handlers (admission, batcher) and the front door's request metrics."""
 
-    def __init__(self, handlers: Handlers, record: Record, meters: Meters):
+    label = ""  # the route label of kubeforge_http_requests_total, as the front door counts it
+
+    def __init__(self, handlers: Handlers, record: Record, meters: Meters, answered: LocalCounter):
         self.handlers = handlers
         self.on_request = meters.start  # arms the metrics flush on a worker's first request
-        # the share of /predict traffic below ASGI: chunked or oversized bodies, queues etc. take the ASGI path
-        self.answered = meters.add(LocalCounter("kubeforge_fast_path_requests_total",
-                                                "requests answered inside the HTTP protocol, below ASGI", ["route"]))
+        self.answered = answered
         self._record = record
-
-    def record(self, route: str, status: int, started: float) -> None:
-        self._record(route, status, started)
-        self.answered.inc((route,))
 
     @property
     def max_body(self) -> int:
@@ -62,8 +62,57 @@ class FastPredict:
     def usable(self) -> bool:
         return self.handlers.state.admission.policy.max_queue == 0
 
+    def record(self, status: int, started: float) -> None:
+        self._record(self.label, status, started)
+        self.answered.inc((self.label,))
 
-ROUTES: dict[bytes, FastPredict] = {}
+    def decode(self, runtime: ModelRuntime, body: bytes, headers: list[tuple[bytes, bytes]]) -> tuple[np.ndarray, Any]:
+        """The rows, and what the answer needs of the request; RequestError names what is wrong."""
+        raise NotImplementedError
+
+    def answer(self, runtime: ModelRuntime, request: Any, probabilities: np.ndarray
+               ) -> tuple[bytes, list[tuple[bytes, bytes]] | None, bytes]:
+        """Body, extra headers and content type of the 200 answer."""
+        raise NotImplementedError
+
+    def error(self, message: str) -> bytes:
+        raise NotImplementedError
+
+
+class FastPredict(FastRoute):
+    label = PREDICT_PATH
+
+    def decode(self, runtime: ModelRuntime, body: bytes, headers: list[tuple[bytes, bytes]]) -> tuple[np.ndarray, Any]:
+        return predict_rows(runtime, body), None
+
+    def answer(self, runtime: ModelRuntime, request: Any, probabilities: np.ndarray
+               ) -> tuple[bytes, list[tuple[bytes, bytes]] | None, bytes]:
+        return self.handlers.predict_answer(runtime, probabilities), None, JSON_BYTES
+
+    def error(self, message: str) -> bytes:
+        return error_body(message)
+
+
+class FastInfer(FastRoute):
+    """POST /v2/models/{name}[/versions/1]/infer of the Open Inference Protocol, JSON or binary tensors."""
+
+    label = "/v2"
+
+    def decode(self, runtime: ModelRuntime, body: bytes, headers: list[tuple[bytes, bytes]]) -> tuple[np.ndarray, Any]:
+        length = next((value for name, value in headers if name == oip.HEADER_LENGTH), None)
+        request = v2_request(runtime, body, length)
+        return request.rows, request
+
+    def answer(self, runtime: ModelRuntime, request: Any, probabilities: np.ndarray
+               ) -> tuple[bytes, list[tuple[bytes, bytes]] | None, bytes]:
+        payload, headers = v2_answer(runtime, request, probabilities, self.handlers.state.model_name)
+        return payload, headers, v2_content_type(headers)
+
+    def error(self, message: str) -> bytes:
+        return oip.error_json(message)
+
+
+ROUTES: dict[bytes, FastRoute] = {}
 
 
 class _NoEvent:
@@ -74,19 +123,22 @@ class _NoEvent:
 
 
 class Exchange:
-    """One /predict request on the fast path. To the protocol it looks like uvicorn's RequestResponseCycle
+    """One request on the fast path. To the protocol it looks like uvicorn's RequestResponseCycle
     (``response_complete``, ``keep_alive``, ``disconnected``); to the batcher like an asyncio.Future."""
 
-    __slots__ = ("protocol", "route", "keep_alive", "started", "chunks", "admitted", "ticket", "response_complete",
-                 "disconnected")
+    __slots__ = ("protocol", "route", "headers", "keep_alive", "started", "chunks", "admitted", "ticket", "request",
+                 "response_complete", "disconnected")
     message_event = _NoEvent()
 
-    def __init__(self, protocol: FastPathProtocol, route: FastPredict, keep_alive: bool):
+    def __init__(self, protocol: FastPathProtocol, route: FastRoute, headers: list[tuple[bytes, bytes]],
+                 keep_alive: bool):
         self.protocol = protocol
         self.route = route
+        self.headers = headers
         self.keep_alive = keep_alive
         self.started = time.perf_counter()
         self.chunks: list[bytes] = []
+        self.request: Any = None
         self.response_complete = False
         self.disconnected = False
         route.on_request()
@@ -97,7 +149,7 @@ class Exchange:
     def refuse_if_shed(self) -> None:
         """A shed request is answered at once, before its body arrives (the rest of it is parsed and dropped)."""
         if isinstance(self.admitted, Shed):
-            self.respond(503, error_body(self.admitted.message), retry_after(self.admitted))
+            self.respond(503, self.route.error(self.admitted.message), retry_after(self.admitted))
 
     def body(self, chunk: bytes) -> None:
         if not self.response_complete:
@@ -111,9 +163,9 @@ class Exchange:
         runtime, batcher, ticket = admitted
         self.route.handlers.state.admission.received(ticket)
         try:
-            rows = predict_rows(runtime, b"".join(self.chunks))
+            rows, self.request = self.route.decode(runtime, b"".join(self.chunks), self.headers)
         except RequestError as exc:
-            self.respond(exc.status, error_body(str(exc)))
+            self.respond(exc.status, self.route.error(str(exc)))
             return
         self.chunks = []
         batcher.submit(rows, self, ticket.deadline)
@@ -126,29 +178,38 @@ class Exchange:
         return self.response_complete or self.disconnected
 
     def set_result(self, probabilities: np.ndarray) -> None:
+        route = self.route
         try:
             check_finite(probabilities)
-            body = self.route.handlers.predict_answer(self.admitted[0], probabilities)  # type: ignore[index]
+            body, headers, content_type = route.answer(self.admitted[0], self.request, probabilities)  # type: ignore[index]
         except RequestError as exc:
-            self.respond(exc.status, error_body(str(exc)))
+            self.respond(exc.status, route.error(str(exc)))
+        except Exception:  # raised into the batcher it would stop the loop that answers everyone else
+            logger.exception("answering a request failed")
+            self.respond(500, route.error(INFERENCE_FAILED))
         else:
-            self.respond(200, body)
+            self.respond(200, body, headers, content_type)
 
     def set_exception(self, exception: BaseException) -> None:
         if isinstance(exception, Overloaded):
             shed = self.route.handlers.overloaded(exception)
-            self.respond(503, error_body(shed.message), retry_after(shed))
+            self.respond(503, self.route.error(shed.message), retry_after(shed))
             return
         logger.error("inference failed", exc_info=exception)
-        self.respond(500, error_body(INFERENCE_FAILED))
+        self.respond(500, self.route.error(INFERENCE_FAILED))
 
-    def respond(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    def respond(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None,
+                content_type: bytes = JSON_BYTES) -> None:
         self._release()
         if self.response_complete or self.disconnected:
             return
         self.response_complete = True
-        self.protocol.write_response(status, body, headers, self.keep_alive)
-        self.route.record(PREDICT_PATH, status, self.started)
+        try:
+            self.protocol.write_response(status, body, headers, content_type, self.keep_alive)
+            self.route.record(status, self.started)
+        except Exception:  # called from the batcher's loop: log, drop this connection, keep answering the others
+            logger.exception("writing a response failed")
+            self.protocol.transport.close()
 
     def abandon(self) -> None:
         """The client went away before its answer: free the slot; the batcher skips the rows if not yet run."""
@@ -169,12 +230,13 @@ class FastPathProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         route = ROUTES.get(self.url)
         if route is not None and self._plain(route):
-            self.exchange = self.cycle = Exchange(self, route, self.parser.should_keep_alive())  # type: ignore[assignment]
+            self.exchange = self.cycle = Exchange(  # type: ignore[assignment]
+                self, route, self.headers, self.parser.should_keep_alive())
             self.exchange.refuse_if_shed()
             return
         super().on_headers_complete()
 
-    def _plain(self, route: FastPredict) -> bool:
+    def _plain(self, route: FastRoute) -> bool:
         parser = self.parser
         if (parser.get_method() != b"POST" or parser.get_http_version() != "1.1" or self.expect_100_continue
                 or parser.should_upgrade() or self.limit_concurrency is not None or not route.usable):
@@ -205,7 +267,7 @@ class FastPathProtocol(HttpToolsProtocol):
             cycle.received()
         except Exception:  # raised into httptools it would become a 400 "invalid HTTP request"
             logger.exception("the fast path failed")
-            cycle.respond(500, error_body(INFERENCE_FAILED))
+            cycle.respond(500, cycle.route.error(INFERENCE_FAILED))
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.exchange is not None and not self.exchange.response_complete:
@@ -213,14 +275,14 @@ class FastPathProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def write_response(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None,
-                       keep_alive: bool) -> None:
+                       content_type: bytes, keep_alive: bool) -> None:
         """The whole response in one write, with uvicorn's default headers (date), then uvicorn's bookkeeping."""
         if self.transport.is_closing():
             return
         parts = [STATUS_LINE[status]]
         for name, value in self.server_state.default_headers:
             parts += (name, b": ", value, b"\r\n")
-        parts.append(b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body))
+        parts += (b"content-type: ", content_type, b"\r\ncontent-length: %d\r\n" % len(body))
         for name, value in headers or ():
             parts += (name, b": ", value, b"\r\n")
         if not keep_alive:
@@ -232,11 +294,15 @@ class FastPathProtocol(HttpToolsProtocol):
         self.on_response_complete()
 
 
-def install(routes: dict[str, FastPredict]) -> None:
-    """Serve ``routes`` on the fast path in this process: point uvicorn's protocol names at FastPathProtocol."""
+def install(handlers: Handlers, record: Record, meters: Meters) -> None:
+    """Answer /predict and the v2 infer routes of this worker's model on the fast path: the routes are registered
+    and uvicorn's protocol names pointed at FastPathProtocol (before uvicorn loads its config)."""
     from uvicorn import config
 
-    ROUTES.update({path.encode(): route for path, route in routes.items()})
-    name = f"{__name__}:{FastPathProtocol.__name__}"
-    config.HTTP_PROTOCOLS["auto"] = config.HTTP_PROTOCOLS["httptools"] = name
-    logger.info("kubeforge: %s answered by the httptools fast path", ", ".join(routes))
+    answered = meters.add(LocalCounter("kubeforge_fast_path_requests_total",
+                                       "requests answered inside the HTTP protocol, below ASGI", ["route"]))
+    predict, infer = (route(handlers, record, meters, answered) for route in (FastPredict, FastInfer))
+    model = f"/v2/models/{handlers.state.model_name}"
+    ROUTES.update({PREDICT_PATH.encode(): predict, f"{model}/infer".encode(): infer,
+                   f"{model}/versions/{oip.MODEL_VERSION}/infer".encode(): infer})
+    config.HTTP_PROTOCOLS["auto"] = config.HTTP_PROTOCOLS["httptools"] = f"{__name__}:{FastPathProtocol.__name__}"

@@ -83,6 +83,25 @@ def predict_rows(runtime: ModelRuntime, body: bytes) -> np.ndarray:
     return runtime.parse(payload["instances"])
 
 
+def v2_request(runtime: ModelRuntime, body: bytes, length: bytes | None) -> oip.InferRequest:
+    """An Open Inference Protocol v2 infer request (JSON, or binary tensors after a JSON header of ``length``)."""
+    if length is not None and not length.isdigit():
+        raise RequestError(f"Inference-Header-Content-Length must be a byte count, not {length!r}")
+    return oip.parse_infer_request(body, int(length) if length is not None else None, runtime.spec,
+                                   runtime.config.max_instances)
+
+
+def v2_answer(runtime: ModelRuntime, request: oip.InferRequest, probabilities: np.ndarray, model_name: str
+              ) -> tuple[bytes, list[tuple[bytes, bytes]] | None]:
+    """The 200 body of a v2 infer request and, when an output is binary, the header giving its JSON part's length."""
+    payload, header_length = oip.encode_infer_response(request, probabilities, runtime.spec.class_names, model_name)
+    return payload, ([(oip.HEADER_LENGTH, header_length)] if header_length else None)
+
+
+def v2_content_type(headers: list[tuple[bytes, bytes]] | None) -> bytes:
+    return OCTET_STREAM if headers and headers[0][0] == oip.HEADER_LENGTH else JSON_BYTES
+
+
 def check_finite(probabilities: np.ndarray) -> None:
     """Finite float32 inputs far outside the training range can overflow the model: refuse, naming the row."""
     if not np.isfinite(probabilities).all():
@@ -257,8 +276,7 @@ class Handlers:
                 status, payload = 413, oip.error_json(str(exc))
             else:
                 status, payload, headers = await self._v2_infer(runtime, batcher, scope, body, ticket)
-                if headers and headers[0][0] == b"inference-header-content-length":
-                    content_type = OCTET_STREAM
+                content_type = v2_content_type(headers)
         finally:
             self.state.admission.done(ticket)
         await send_json(send, status, payload, headers, content_type)
@@ -267,12 +285,8 @@ class Handlers:
     async def _v2_infer(self, runtime: ModelRuntime, batcher: MicroBatcher, scope: dict, body: bytes,
                         ticket: Ticket) -> tuple[int, bytes, list | None]:
         self.state.admission.received(ticket)
-        length = header(scope, oip.HEADER_LENGTH)
         try:
-            if length is not None and not length.isdigit():
-                raise RequestError(f"Inference-Header-Content-Length must be a byte count, not {length!r}")
-            request = oip.parse_infer_request(body, int(length) if length is not None else None, runtime.spec,
-                                              runtime.config.max_instances)
+            request = v2_request(runtime, body, header(scope, oip.HEADER_LENGTH))
         except RequestError as exc:
             return exc.status, oip.error_json(str(exc)), None
         try:
@@ -284,6 +298,4 @@ class Handlers:
             return 500, oip.error_json(INFERENCE_FAILED), None
         if isinstance(probabilities, Shed):
             return 503, oip.error_json(probabilities.message), retry_after(probabilities)
-        payload, header_length = oip.encode_infer_response(request, probabilities, runtime.spec.class_names,
-                                                           self.state.model_name)
-        return 200, payload, ([(b"inference-header-content-length", header_length)] if header_length else None)
+        return (200, *v2_answer(runtime, request, probabilities, self.state.model_name))

@@ -71,7 +71,7 @@ def front_door(app):
         except ImportError:
             logger.info("kubeforge: no httptools, so /predict is served through ASGI")
         else:
-            fastpath.install({PREDICT_PATH: fastpath.FastPredict(HANDLERS, door.record, METERS)})
+            fastpath.install(HANDLERS, door.record, METERS)
     return door
 
 

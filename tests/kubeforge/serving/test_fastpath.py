@@ -1,4 +1,4 @@
-"""POST /predict below ASGI (kubeforge.serving.fastpath): the same answers as the ASGI path, over real sockets."""
+"""/predict and v2 infer below ASGI (kubeforge.serving.fastpath): the ASGI path's answers, over real sockets."""
 
 import json
 import socket
@@ -27,11 +27,10 @@ def paths(served_onnx_dir, tmp_path_factory):
 
 
 def fast_path_count(server: Server) -> float:
+    """Requests the fast path answered, over its routes (/predict and /v2)."""
     time.sleep(0.4)  # meters are published every 0.25 s
-    for line in httpx.get(server.url + "/metrics", timeout=5).text.splitlines():
-        if line.startswith('kubeforge_fast_path_requests_total{route="/predict"}'):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    return sum(float(line.rsplit(" ", 1)[1]) for line in httpx.get(server.url + "/metrics", timeout=5).text.splitlines()
+               if line.startswith("kubeforge_fast_path_requests_total{"))
 
 
 def bodies(digits) -> list[bytes]:
@@ -53,20 +52,52 @@ def bodies(digits) -> list[bytes]:
             "{\"instances\": [[\u00e9]]}".encode()]
 
 
+MODEL = "kubeforge-classifier"
+INFER = f"/v2/models/{MODEL}/infer"
+
+
+def v2_requests(digits) -> list[tuple[str, bytes, dict]]:
+    """(path, body, headers) of v2 infer requests: JSON and binary tensors in and out, and bad ones."""
+    rows = digits.X_test[:2].astype("float32")
+
+    def tensor(**extra) -> dict:
+        return {"name": "input", "datatype": "FP32", "shape": [2, 64], **extra}
+
+    binary_head = json.dumps({"inputs": [tensor(parameters={"binary_data_size": rows.nbytes})],
+                              "parameters": {"binary_data_output": True}}).encode()
+    plain = json.dumps({"inputs": [tensor(data=rows.ravel().tolist())], "id": "r-1"}).encode()
+    return [(INFER, plain, {}),
+            (f"/v2/models/{MODEL}/versions/1/infer", plain, {}),
+            (INFER, binary_head + rows.tobytes(), {"inference-header-content-length": str(len(binary_head))}),
+            (INFER, json.dumps({"inputs": [tensor(data=rows.ravel().tolist())], "outputs": [
+                {"name": "probabilities", "parameters": {"binary_data": True}}]}).encode(), {}),
+            (INFER, json.dumps({"inputs": [tensor(shape=[2, 3], data=[0.0] * 6)]}).encode(), {}),
+            (INFER, json.dumps({"inputs": [tensor(datatype="INT64", data=[0] * 128)]}).encode(), {}),
+            (INFER, plain, {"inference-header-content-length": "ten"}),
+            (INFER, b"{", {})]
+
+
 def test_the_fast_path_answers_exactly_as_the_asgi_path(paths, digits):
     before = fast_path_count(paths["fast"])
+    sent = [("/predict", body, {}) for body in bodies(digits)] + v2_requests(digits)
     answers = {}
     for name, server in paths.items():
         with httpx.Client(timeout=10) as client:
-            answers[name] = [client.post(server.url + "/predict", content=body,
-                                         headers={"content-type": "application/json"}) for body in bodies(digits)]
+            answers[name] = [client.post(server.url + path, content=body,
+                                         headers={"content-type": "application/json", **headers})
+                             for path, body, headers in sent]
     for fast, asgi in zip(answers["fast"], answers["asgi"], strict=True):
         assert (fast.status_code, fast.content) == (asgi.status_code, asgi.content)
-        assert fast.headers["content-type"] == asgi.headers["content-type"] == "application/json"
+        assert fast.headers["content-type"] == asgi.headers["content-type"]
+        assert fast.headers.get("inference-header-content-length") == asgi.headers.get(
+            "inference-header-content-length")
         assert "date" in fast.headers
     statuses = [reply.status_code for reply in answers["fast"]]
-    assert statuses[:3] == [200, 200, 200] and set(statuses[3:]) <= {400, 413}, statuses
+    predict, v2 = statuses[:len(bodies(digits))], statuses[len(bodies(digits)):]
+    assert predict[:3] == [200, 200, 200] and set(predict[3:]) <= {400, 413}, predict
+    assert v2 == [200] * 4 + [400] * 4, v2
     assert "not finite" in answers["fast"][9].json()[0]["error"]
+    assert answers["fast"][len(predict) + 2].headers["content-type"] == "application/octet-stream"
     assert fast_path_count(paths["fast"]) - before == len(statuses)
     assert fast_path_count(paths["asgi"]) == 0
 

@@ -1,0 +1,190 @@
+"""The fast path's exchange without sockets: admission, decoding, the batcher's callbacks and the answers it writes."""
+
+import asyncio
+import json
+
+import numpy as np
+from prometheus_client import CollectorRegistry
+
+from kubeforge.config import ServeConfig
+from kubeforge.serving.admission import Admission, AdmissionPolicy
+from kubeforge.serving.fastpath import Exchange, FastInfer, FastPredict
+from kubeforge.serving.http import Handlers, ServingState
+from kubeforge.serving.meters import LocalCounter, Meters
+from kubeforge.serving.runtime import ModelRuntime, ServedSpec
+
+WIDTH = 4
+
+
+class Protocol:
+    """Stands in for FastPathProtocol: records what would have been written."""
+
+    def __init__(self):
+        self.written: list[tuple[int, bytes, list | None, bytes]] = []
+        self.closed = False
+        self.transport = self
+
+    def write_response(self, status, body, headers, content_type, keep_alive):
+        self.written.append((status, body, headers, content_type))
+
+    def close(self):
+        self.closed = True
+
+
+def softmax_rows(rows: np.ndarray) -> np.ndarray:
+    logits = np.stack([rows.sum(axis=1), -rows.sum(axis=1)], axis=1)
+    return np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+
+
+def runtime(predict=softmax_rows) -> ModelRuntime:
+    spec = ServedSpec(input_dim=WIDTH, feature_names=[f"f{i}" for i in range(WIDTH)], class_names=["yes", "no"],
+                      architecture="mlp", precision="fp32")
+    return ModelRuntime(spec=spec, predict_proba=predict, config=ServeConfig(max_batch_size=8), source="test")
+
+
+def handlers(limit: int = 4, loaded: bool = True, predict=softmax_rows, deadline_s: float = 1.0) -> Handlers:
+    admission = Admission(AdmissionPolicy(max_concurrency=limit, mode="fixed", deadline_s=deadline_s))
+    state = ServingState(admission=admission, model_name="m", max_payload_bytes=1 << 20)
+    if loaded:
+        state.serve(runtime(predict))
+    return Handlers(state)
+
+
+def route(kind=FastPredict, **kwargs):
+    meters = Meters(CollectorRegistry())
+    recorded: list[tuple[str, int]] = []
+    answered = meters.add(LocalCounter("fast_total", "test", ["route"]))
+    return kind(handlers(**kwargs), lambda label, status, started: recorded.append((label, status)), meters,
+                answered), recorded
+
+
+def exchange(fast_route, body: bytes | None, headers=()) -> tuple[Exchange, Protocol]:
+    """An exchange as the protocol drives it: headers parsed, then (if a body is given) body and completion."""
+    protocol = Protocol()
+    request = Exchange(protocol, fast_route, list(headers), keep_alive=True)  # type: ignore[arg-type]
+    request.refuse_if_shed()
+    if body is not None:
+        request.body(body)
+        request.received()
+    return request, protocol
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+async def turns(count: int = 3) -> None:
+    for _ in range(count):
+        await asyncio.sleep(0)
+
+
+def test_rows_are_batched_and_answered_as_the_asgi_handler_answers():
+    async def scenario():
+        fast, recorded = route()
+        pairs = [exchange(fast, json.dumps({"instances": [[float(i)] * WIDTH]}).encode()) for i in range(3)]
+        await turns()
+        return fast, recorded, pairs
+
+    fast, recorded, pairs = run(scenario())
+    served = fast.handlers.state
+    assert served.batcher.calls == 1 and served.batcher.rows == 3  # one inference call for the three
+    for i, (_, protocol) in enumerate(pairs):
+        (status, body, headers, content_type), = protocol.written
+        expected = fast.handlers.predict_answer(served.runtime, softmax_rows(np.full((1, WIDTH), float(i), "f4")))
+        assert (status, body, headers, content_type) == (200, expected, None, b"application/json")
+    assert recorded == [("/predict", 200)] * 3 and fast.answered.total(("/predict",)) == 3
+    assert served.admission.in_flight == 0
+
+
+def test_a_shed_request_is_answered_before_its_body_and_the_body_is_dropped():
+    async def scenario():
+        fast, recorded = route(loaded=False)
+        request, protocol = exchange(fast, None)
+        assert len(protocol.written) == 1  # before any of the body
+        request.body(b'{"instances": [[1, 2, 3, 4]]}')
+        request.received()
+        return request, protocol, recorded
+
+    request, protocol, recorded = run(scenario())
+    (status, body, headers, _), = protocol.written
+    assert status == 503 and headers == [(b"retry-after", b"1")] and "still loading" in json.loads(body)[0]["error"]
+    assert request.chunks == [] and recorded == [("/predict", 503)]
+
+
+def test_a_bad_body_is_refused_naming_the_problem_and_frees_its_slot():
+    async def scenario():
+        fast, _ = route(limit=1)
+        return fast, exchange(fast, b'{"instances": [[1, 2]]}')[1]
+
+    fast, protocol = run(scenario())
+    (status, body, _, _), = protocol.written
+    assert status == 400 and "expected 4 features, got 2" in body.decode()
+    assert fast.handlers.state.admission.in_flight == 0
+
+
+def test_a_client_gone_before_its_batch_frees_its_slot_and_gets_no_inference():
+    async def scenario():
+        fast, _ = route(limit=1)
+        request, protocol = exchange(fast, json.dumps({"instances": [[1.0] * WIDTH]}).encode())
+        request.abandon()  # connection_lost before the batcher's turn
+        await turns()
+        return fast, protocol
+
+    fast, protocol = run(scenario())
+    assert protocol.written == [] and fast.handlers.state.admission.in_flight == 0
+    assert fast.handlers.state.batcher.calls == 0
+
+
+def test_a_request_past_its_deadline_is_dropped_before_inference_with_503():
+    async def scenario():
+        fast, _ = route(deadline_s=1e-9)
+        _, protocol = exchange(fast, json.dumps({"instances": [[1.0] * WIDTH]}).encode())
+        await turns()
+        return fast, protocol
+
+    fast, protocol = run(scenario())
+    (status, body, headers, _), = protocol.written
+    assert status == 503 and "deadline" in body.decode() and headers == [(b"retry-after", b"1")]
+    assert fast.handlers.state.batcher.calls == 0
+
+
+def test_a_failing_model_answers_500_and_the_batcher_keeps_serving():
+    calls = []
+
+    def flaky(rows):
+        calls.append(len(rows))
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return softmax_rows(rows)
+
+    async def scenario():
+        fast, _ = route(predict=flaky)
+        _, first = exchange(fast, json.dumps({"instances": [[1.0] * WIDTH]}).encode())
+        await turns()
+        _, second = exchange(fast, json.dumps({"instances": [[2.0] * WIDTH]}).encode())
+        await turns()
+        return first, second
+
+    first, second = run(scenario())
+    assert first.written[0][0] == 500 and "see the server log" in first.written[0][1].decode()
+    assert second.written[0][0] == 200
+
+
+def test_v2_infer_decodes_tensors_and_answers_in_the_protocol_shape():
+    async def scenario():
+        fast, recorded = route(kind=FastInfer)
+        body = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [2, WIDTH],
+                                       "data": [1.0] * (2 * WIDTH)}]}).encode()
+        _, ok = exchange(fast, body)
+        _, bad = exchange(fast, body, [(b"inference-header-content-length", b"ten")])
+        await turns()
+        return ok, bad, recorded
+
+    ok, bad, recorded = run(scenario())
+    (status, body, _, content_type), = ok.written
+    answer = json.loads(body)
+    assert status == 200 and content_type == b"application/json" and answer["model_name"] == "m"
+    assert {output["name"] for output in answer["outputs"]} >= {"probabilities"}
+    (status, body, _, _), = bad.written
+    assert status == 400 and "byte count" in json.loads(body)["error"]
+    assert recorded == [("/v2", 400), ("/v2", 200)]

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +62,16 @@ class Tenancy:
     def audit(self) -> list[dict]:
         path = self.root / "audit.jsonl"
         return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+    def audit_since(self, before: int, expected: int, tenant: str | None = None, timeout: float = 5.0) -> list[dict]:
+        """The audit lines after the first ``before`` (of ``tenant``), once ``expected`` are there: a line is written
+        when its request ends, which can be just after the client has read the answer."""
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = [line for line in self.audit()[before:] if tenant is None or line["tenant"] == tenant]
+            if len(lines) >= expected or time.monotonic() > deadline:
+                return lines
+            time.sleep(0.05)
 
 
 def make_tenancy(root: Path, tenants: dict) -> Tenancy:

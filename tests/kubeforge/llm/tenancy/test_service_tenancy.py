@@ -137,7 +137,7 @@ def test_the_token_budget_is_shared_by_both_workers_and_recovers_after_the_windo
     # 300 tokens a minute in all: one shared bucket admits 300 // per_request (+1 from the refill while these ran);
     # a bucket per worker would have admitted about twice as many
     assert 300 // per_request <= admitted <= 300 // per_request + 1, (admitted, per_request)
-    lines = [line for line in tenancy.audit()[before:] if line["tenant"] == "team-small"]
+    lines = tenancy.audit_since(before, len(statuses), tenant="team-small")
     assert len({line["pid"] for line in lines}) == 2, "both workers should have answered"
     refusal = next(r for r in statuses if r.status_code == 429)
     error = refusal.json()["error"]
@@ -188,7 +188,7 @@ def test_usage_counters_and_audit_lines_match_the_requests(server, tenancy):
     usages = [a.usage for a in answers] + [stream[-1].usage]
     with pytest.raises(openai.NotFoundError):
         c.completions.create(model="alpha", prompt=PROMPT, max_tokens=2)
-    lines = [line for line in tenancy.audit()[before:] if line["tenant"] == "team-count"]
+    lines = tenancy.audit_since(before, 4, tenant="team-count")
     assert [(line["status"], line["prompt_tokens"], line["completion_tokens"]) for line in lines] == [
         (200, u.prompt_tokens, u.completion_tokens) for u in usages] + [(404, 0, 0)]
     assert [line["stream"] for line in lines] == [False, False, True, False]

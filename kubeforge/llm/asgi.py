@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kubeforge.llm.errors import APIError
-from kubeforge.serving.limits import DRAIN_LIMIT_BYTES
+from kubeforge.serving import DRAIN_LIMIT_BYTES
 
 JSON = b"application/json"
 EVENT_STREAM = b"text/event-stream"

@@ -15,8 +15,9 @@ from typing import Any
 
 from bentoml.exceptions import BentoMLException
 
+from kubeforge.serving import DRAIN_LIMIT_BYTES
+
 JSON_BYTES = b"application/json"
-DRAIN_LIMIT_BYTES = 64 * 1024 * 1024
 
 
 def error_body(message: str) -> bytes:

@@ -19,7 +19,7 @@ import numpy as np
 import orjson
 
 from kubeforge.serving import oip
-from kubeforge.serving.admission import Admission, Shed, Ticket
+from kubeforge.serving.admission import SHED_DEADLINE, Admission, Shed, Ticket
 from kubeforge.serving.batching import MicroBatcher, Overloaded
 from kubeforge.serving.limits import (JSON_BYTES, PayloadTooLarge, declared_too_large, drain, error_body, header,
                                       read_body, route_path, send_json)
@@ -148,7 +148,7 @@ class Handlers:
         """The 503 for a request whose deadline passed before its batch was formed (counted as timed out)."""
         admission = self.state.admission
         admission.timed_out()
-        return Shed("deadline", f"overloaded: {exc}; retry later", admission.policy.retry_after_s)
+        return Shed(SHED_DEADLINE, f"overloaded: {exc}; retry later", admission.policy.retry_after_s)
 
     async def _infer(self, batcher: MicroBatcher, rows: np.ndarray, ticket: Ticket) -> np.ndarray | Shed:
         """Probabilities, a Shed when the deadline passed first, or RequestError for rows the model cannot take."""

@@ -1,6 +1,7 @@
 import fnmatch
 import json
 import pickle
+import pickletools
 import re
 import uuid
 from pathlib import Path
@@ -221,8 +222,9 @@ def test_pickle_only_directory_is_refused_without_unpickling(tiny_lm_dir, tmp_pa
     directory.mkdir()
     (directory / "config.json").write_bytes((tiny_lm_dir / "config.json").read_bytes())
     trap = pickle.dumps({"model.embed_tokens.weight": _PickleTrap()})
-    with pytest.raises(AssertionError, match="unpickled"):
-        pickle.loads(trap)  # the trap works: loading it would fail the test
+    # the trap is armed: the pickle calls _explode_if_unpickled (read from its opcodes, never by unpickling it)
+    opcodes = [(opcode.name, argument) for opcode, argument, _ in pickletools.genops(trap)]
+    assert ("SHORT_BINUNICODE", _explode_if_unpickled.__name__) in opcodes and ("REDUCE", None) in opcodes
     (directory / "pytorch_model.bin").write_bytes(trap)
 
     def no_torch_load(*args, **kwargs):

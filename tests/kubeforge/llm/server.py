@@ -41,18 +41,24 @@ class LLMServer:
     def tail(self) -> str:
         return self.log_path.read_text()[-4000:]
 
-    def wait(self, path: str, status: int, timeout: float = STARTUP_TIMEOUT_S) -> None:
+    def wait(self, path: str, status: int, timeout: float = STARTUP_TIMEOUT_S, in_a_row: int = 1) -> None:
+        """Until ``path`` answers ``status`` ``in_a_row`` times, each on a new connection: with several workers one
+        answer comes from whichever worker accepted it, and another may still be loading its model."""
         seen = set()
+        streak = 0
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.process.poll() is None, self.tail()
             try:
                 code = httpx.get(self.url + path, timeout=2).status_code
                 seen.add(code)
-                if code == status:
+                streak = streak + 1 if code == status else 0
+                if streak >= in_a_row:
                     return
+                if code == status:
+                    continue
             except httpx.TransportError:
-                pass
+                streak = 0
             time.sleep(0.2)
         raise AssertionError(f"{path} never returned {status}; seen {sorted(seen)}\n{self.tail()}")
 

@@ -40,7 +40,7 @@ def server(llm_base_dir, llm_adapters, tenancy, tmp_path_factory):
                         KUBEFORGE_LLM_DEFAULT_MAX_TOKENS="16",
                         KUBEFORGE_LLM_ADMIN_API="true", **tenancy.env("KUBEFORGE_LLM_"))
     try:
-        running.wait("/readyz", 200)
+        running.wait("/readyz", 200, in_a_row=20)  # both workers loaded, not just the first to answer
         yield running
     finally:
         running.stop()

@@ -8,6 +8,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from kubeforge.serving.admission import retry_headers
+
 INVALID_REQUEST = "invalid_request_error"
 NOT_FOUND = "not_found_error"
 SERVER_ERROR = "server_error"
@@ -37,7 +39,7 @@ class APIError(Exception):
     def headers(self) -> list[tuple[bytes, bytes]]:
         if self.retry_after_s is None:
             return []
-        return [(b"retry-after", str(max(1, round(self.retry_after_s))).encode())]
+        return retry_headers(max(1, round(self.retry_after_s)))
 
 
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:

@@ -9,7 +9,11 @@ The limit is either fixed (``max_concurrency``, sized from measured capacity: th
 law) or adaptive: the same law applied to the live completion rate once per window (0.1 s or the target, whichever
 is longer), so the limit follows the server's capacity when a neighbour takes the CPU; windows whose mean latency
 misses ``latency_target_s`` may halve it, never below ``min_concurrency``. Shedding is a counter increment and a
-503 with Retry-After: microseconds, so an overloaded server spends its CPU on the requests it admitted.
+503 with Retry-After: microseconds, so an overloaded server spends its CPU on the requests it admitted. Shedding
+only helps when the refused clients go away for a while; clients that retry at once turn each refusal into another
+request, and refusing them costs CPU and serves nobody. So a window with more than ``FUTILE_REFUSALS`` refusals per
+completion grows the limit toward its ceiling instead of shrinking it: the server then serves what it can rather
+than spending itself on 503s (a tight latency target would otherwise spiral the limit down to its floor).
 
 Metrics (``kubeforge_admission_*``, labelled by service): admitted, shed by reason, timed out (counters); current
 limit, in flight, queue length (gauges, summed over a pod's workers), all through kubeforge.serving.meters.
@@ -18,6 +22,7 @@ limit, in flight, queue length (gauges, summed over a pod's workers), all throug
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections import deque
 from collections.abc import Callable
@@ -36,6 +41,9 @@ SHED_REASONS = (SHED_LIMIT, SHED_QUEUE_FULL, SHED_DEADLINE, SHED_NOT_READY)
 
 ADAPT_WINDOW_S = 0.1  # the adaptive limit is re-estimated at most this often (or once per latency target)
 SMOOTHING = 0.5  # weight of the previous limit
+# Refusals per completion beyond which shedding is futile (the refused come straight back): a 503 costs about half a
+# served request of CPU here (docs/serving.md), so at this ratio refusals take about a ninth of the worker.
+FUTILE_REFUSALS = 0.25
 
 
 @dataclass(frozen=True)
@@ -58,6 +66,16 @@ class AdmissionPolicy:
             raise ValueError("max_queue and retry_after_s must be >= 0, deadline_s and latency_target_s > 0")
         if self.mode not in ("adaptive", "fixed"):
             raise ValueError(f"mode must be 'adaptive' or 'fixed', not {self.mode!r}")
+
+
+def retry_headers(retry_after_s: int) -> list[tuple[bytes, bytes]]:
+    """``Retry-After`` in whole seconds (the standard), and ``retry-after-ms`` (read first by OpenAI's clients)
+    spread at random over one to two times that: Retry-After has no fractions, so clients refused in the same burst
+    would all come back in the same burst, and a synchronised return is the next overload."""
+    if retry_after_s <= 0:
+        return [(b"retry-after", b"0")]
+    return [(b"retry-after", b"%d" % retry_after_s),
+            (b"retry-after-ms", b"%d" % (retry_after_s * random.uniform(1000, 2000)))]
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +134,7 @@ class Admission:
         self.queue: deque[Ticket] = deque()
         self._window = max(ADAPT_WINDOW_S, policy.latency_target_s)
         self._window_start = clock()
-        self._completed, self._latency_sum = 0, 0.0
+        self._completed, self._latency_sum, self._refused = 0, 0.0, 0
         self.metrics = AdmissionMetrics(self, meters, service) if meters is not None else None
         retry = policy.retry_after_s
         self._shed_limit = Shed(SHED_LIMIT, "overloaded: the concurrency limit is reached; retry later", retry)
@@ -166,6 +184,8 @@ class Admission:
         return ticket
 
     def shed(self, refusal: Shed) -> Shed:
+        if refusal.reason != SHED_NOT_READY:  # refusals that steer the adaptive limit
+            self._refused += 1
         if self.metrics:
             self.metrics.shed.inc((*self.metrics.service, refusal.reason))
         return refusal
@@ -210,12 +230,18 @@ class Admission:
         policy = self.policy
         rate, mean = self._completed / elapsed, self._latency_sum / self._completed
         fits = rate * policy.latency_target_s
-        # an unsaturated server (the limit did not hold anyone back) may grow toward what fits; never shrink it for
-        # serving fast, and halve at most per window when requests miss the target
-        target = max(fits, self.limit) if mean <= policy.latency_target_s else max(fits, self.limit / 2)
+        if self._refused > FUTILE_REFUSALS * self._completed:
+            # the refused are not staying away: double (smoothed: x1.5) toward the ceiling
+            target = 2 * self.limit
+        elif mean <= policy.latency_target_s:
+            # an unsaturated server (the limit did not hold anyone back) may grow toward what fits; never shrink it
+            # for serving fast
+            target = max(fits, self.limit)
+        else:  # requests miss the target: toward what fits, halving at most per window
+            target = max(fits, self.limit / 2)
         self.limit = min(float(policy.max_concurrency),
                          max(float(policy.min_concurrency), SMOOTHING * self.limit + (1 - SMOOTHING) * target))
-        self._window_start, self._completed, self._latency_sum = now, 0, 0.0
+        self._window_start, self._completed, self._latency_sum, self._refused = now, 0, 0.0, 0
 
     def _hand_over(self) -> None:
         """Give free slots to queued requests in arrival order."""

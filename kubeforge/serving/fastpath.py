@@ -53,6 +53,7 @@ class FastRoute:
         self.on_request = meters.start  # arms the metrics flush on a worker's first request
         self.answered = answered
         self._record = record
+        self._refusals: dict[str, bytes] = {}
 
     @property
     def max_body(self) -> int:
@@ -77,6 +78,15 @@ class FastRoute:
 
     def error(self, message: str) -> bytes:
         raise NotImplementedError
+
+    def refusal(self, message: str) -> bytes:
+        """The body of a 503, encoded once per message: under overload most answers are one of a few refusals."""
+        body = self._refusals.get(message)
+        if body is None:
+            body = self.error(message)
+            if len(self._refusals) < 64:
+                self._refusals[message] = body
+        return body
 
 
 class FastPredict(FastRoute):
@@ -149,7 +159,7 @@ class Exchange:
     def refuse_if_shed(self) -> None:
         """A shed request is answered at once, before its body arrives (the rest of it is parsed and dropped)."""
         if isinstance(self.admitted, Shed):
-            self.respond(503, self.route.error(self.admitted.message), retry_after(self.admitted))
+            self.respond(503, self.route.refusal(self.admitted.message), retry_after(self.admitted))
 
     def body(self, chunk: bytes) -> None:
         if not self.response_complete:
@@ -193,7 +203,7 @@ class Exchange:
     def set_exception(self, exception: BaseException) -> None:
         if isinstance(exception, Overloaded):
             shed = self.route.handlers.overloaded(exception)
-            self.respond(503, self.route.error(shed.message), retry_after(shed))
+            self.respond(503, self.route.refusal(shed.message), retry_after(shed))
             return
         logger.error("inference failed", exc_info=exception)
         self.respond(500, self.route.error(INFERENCE_FAILED))

@@ -19,7 +19,7 @@ import numpy as np
 import orjson
 
 from kubeforge.serving import oip
-from kubeforge.serving.admission import SHED_DEADLINE, Admission, Shed, Ticket
+from kubeforge.serving.admission import SHED_DEADLINE, Admission, Shed, Ticket, retry_headers
 from kubeforge.serving.batching import MicroBatcher, Overloaded
 from kubeforge.serving.limits import (JSON_BYTES, PayloadTooLarge, declared_too_large, drain, error_body, header,
                                       read_body, route_path, send_json)
@@ -64,7 +64,7 @@ class ServingState:
 
 
 def retry_after(shed: Shed) -> list[tuple[bytes, bytes]]:
-    return [(b"retry-after", str(shed.retry_after_s).encode())]
+    return retry_headers(shed.retry_after_s)
 
 
 def predict_rows(runtime: ModelRuntime, body: bytes) -> np.ndarray:

@@ -4,7 +4,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from kubeforge.serving.admission import (SHED_DEADLINE, SHED_LIMIT, SHED_NOT_READY, SHED_QUEUE_FULL, Admission,
-                                         AdmissionPolicy, Shed, Ticket)
+                                         AdmissionPolicy, Shed, Ticket, retry_headers)
 from kubeforge.serving.meters import Meters
 
 
@@ -112,13 +112,19 @@ def test_a_queued_request_whose_client_left_gives_its_slot_on():
     asyncio.run(scenario())
 
 
-def closed_loop(admission: Admission, clock: Clock, latency_s: float, windows: int) -> None:
-    """Clients that keep the limit full; every request takes ``latency_s``."""
+def closed_loop(admission: Admission, clock: Clock, latency_s: float, windows: int,
+                refused_per_admitted: float = 0.0) -> None:
+    """Clients that keep the limit full; every request takes ``latency_s``. ``refused_per_admitted``: how many
+    more requests arrive per admitted one while the limit is full (clients that were refused and came back)."""
     for _ in range(windows):
         end = clock.now + 0.1
         while clock.now < end:
-            tickets = [admission.admit() for _ in range(admission.current_limit)]
+            tickets = []
+            while admission.in_flight < admission.limit:  # a fractional limit admits one more than current_limit
+                tickets.append(admission.admit())
             assert all(isinstance(ticket, Ticket) for ticket in tickets)
+            refusals = [admission.admit() for _ in range(round(refused_per_admitted * len(tickets)))]
+            assert all(isinstance(refusal, Shed) for refusal in refusals)
             clock.now += latency_s
             for ticket in tickets:
                 admission.done(ticket)
@@ -137,6 +143,43 @@ def test_the_adaptive_limit_grows_to_what_fits_the_target_and_shrinks_when_reque
     assert 30 <= admission.current_limit <= 100
     closed_loop(admission, clock, 0.001, windows=10)
     assert admission.current_limit == 300  # back at the ceiling
+
+
+def test_refusals_that_come_straight_back_grow_the_limit_instead_of_spiralling_it_down():
+    """Clients that retry at once: shrinking the limit only turns served requests into refusals that cost CPU."""
+    clock = Clock()
+    policy = AdmissionPolicy(max_concurrency=200, min_concurrency=4, mode="adaptive", latency_target_s=0.005)
+    admission = Admission(policy, clock=clock)
+    closed_loop(admission, clock, 0.02, windows=10)  # 20 ms against a 5 ms target, nobody else waiting: shrink
+    shrunk = admission.current_limit
+    assert shrunk < 200 / 8
+    closed_loop(admission, clock, 0.02, windows=10, refused_per_admitted=0.2)  # a few refusals (polite clients)
+    assert admission.current_limit <= shrunk  # still too slow: the limit does not grow
+    closed_loop(admission, clock, 0.02, windows=10, refused_per_admitted=3)  # three refused per served
+    assert admission.current_limit == 200  # shedding is futile: serve what it can, up to the ceiling
+    closed_loop(admission, clock, 0.02, windows=10)  # the crowd is gone: back to what the target allows
+    assert admission.current_limit < 200 / 8
+
+
+def test_refusals_before_the_model_is_ready_do_not_steer_the_limit():
+    clock = Clock()
+    admission = Admission(AdmissionPolicy(max_concurrency=100, min_concurrency=4, latency_target_s=0.005),
+                          clock=clock)
+    closed_loop(admission, clock, 0.02, windows=10)
+    shrunk = admission.current_limit
+    for _ in range(1000):
+        admission.refuse_not_ready("loading")
+    closed_loop(admission, clock, 0.02, windows=1)
+    assert admission.current_limit <= shrunk
+
+
+def test_retry_headers_say_whole_seconds_and_spread_the_milliseconds_over_one_to_two_times_that():
+    draws = [dict(retry_headers(2)) for _ in range(400)]
+    assert {draw[b"retry-after"] for draw in draws} == {b"2"}
+    waits = [int(draw[b"retry-after-ms"]) for draw in draws]
+    assert all(2000 <= wait < 4000 for wait in waits)
+    assert min(waits) < 2500 and max(waits) >= 3500  # spread over the range, not one value for every client
+    assert retry_headers(0) == [(b"retry-after", b"0")]
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -15,12 +15,13 @@ per request. Loopback only; the load generator shares the 2 cores with the serve
 Part 1, equal workers: wrk (`apt-get install wrk`; else bench.serving_load) at 1, 16 and 64 connections for a
 fixed duration; throughput, p50/p99, errors and the server's CPU per request. Targets at 64: kubeforge >= 3x naive and
 >= 60 % of null.
-Part 2, overload: closed-loop clients (bench.serving_load: latencies kept apart for 2xx and 503) at 1x, 2x, 8x and 16x
-the concurrency that saturates kubeforge (the smallest of 1, 2, 4, 8, 16, 32 clients reaching 90 % of the best
-goodput, each level's best of three sweeps), for kubeforge and naive, once with clients that send again at once (wrk-like) and once with clients that
-honour Retry-After; goodput, p50/p99 of accepted requests, p99 of 503s, errors, server RSS. Targets: goodput at 8x and
-16x >= 85 % of the peak, accepted p99 <= 2x the p99 at 1x, 503 p99 <= 5 ms, RSS within 10 % of the 1x level, no
-connection errors, naive beaten at every level.
+Part 2, overload (bench.serving_overload): closed-loop clients (bench.serving_load: latencies kept apart for 2xx and
+503) at 1x, 2x, 8x and 16x the concurrency that saturates kubeforge (the smallest of 1, 2, 4, 8, 16, 32 clients
+reaching 90 % of the best goodput, each level's best of three sweeps), for kubeforge with its defaults, kubeforge with
+its latency target sized for this model and naive, once with clients that send again at once (wrk-like, and with the
+null httptools protocol as the floor) and once with clients that honour Retry-After; goodput, p50/p99 of accepted
+requests, p99 of 503s, errors, server RSS. Targets: goodput at 8x and 16x >= 85 % of the peak, accepted p99 <= 2x the
+p99 at 1x, 503 p99 <= 5 ms, RSS within 10 % of the 1x level, no connection errors, naive beaten at every level.
 Every level runs `--repeats` times with the servers interleaved, medians reported; the 1-minute load average is
 recorded before and after, since the machine is shared.
 
@@ -34,19 +35,17 @@ import contextlib
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from pathlib import Path
 
 from bench._harness import free_port, stop, versions, wait_ready, write
+from bench.serving_overload import (MODES, closed_loop, median_of, overload_targets, run_overload, saturation,
+                                     sized_target_ms)
 
 CLIENTS = (1, 16, 64)
-OVERLOAD_FACTORS = (1, 2, 8, 16)
-SATURATION_SWEEP = (1, 2, 4, 8, 16, 32)
 STARTUP_TIMEOUT_S = 120
 
 NULL_SERVER = textwrap.dedent("""
@@ -206,80 +205,12 @@ def cpu_seconds(pid: int) -> float:
 
 
 
-def rss_mb(pid: int) -> float:
-    """Resident memory of a process and its descendants (BentoML: arbiter + workers)."""
-    total, pending = 0, [pid]
-    while pending:
-        current = pending.pop()
-        try:
-            for line in Path(f"/proc/{current}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-            for task in Path(f"/proc/{current}/task").iterdir():
-                pending += [int(child) for child in (task / "children").read_text().split()]
-        except (OSError, ValueError):
-            continue
-    return round(total / 1024, 1)
-
-
-def closed_loop(url: str, payloads: Path, clients: int, seconds: float, honour: bool) -> dict:
-    command = [sys.executable, "-m", "bench.serving_load", url + "/predict", "--payloads", str(payloads),
-               "--clients", str(clients), "--seconds", str(seconds)] + (["--honour-retry-after"] if honour else [])
-    done = subprocess.run(command, capture_output=True, text=True, check=True, start_new_session=True,
-                          cwd=Path(__file__).parent.parent)
-    return json.loads(done.stdout)
-
-
-def median_of(runs: list[dict], key: str) -> float | None:
-    values = [run[key] for run in runs if run.get(key) is not None]
-    return round(statistics.median(values), 2) if values else None
-
-
 def summarize(runs: list[dict]) -> dict:
     """Medians over the interleaved repeats (errors are summed: one is one too many)."""
     middle = {key: median_of(runs, key) for key in ("req_per_s", "p50_ms", "p99_ms", "server_cpu_us_per_request")}
     return {"clients": runs[0]["clients"], **middle, "errors": sum(run["errors"] for run in runs),
             "requests": sum(run["requests"] for run in runs), "repeats": len(runs),
             "req_per_s_runs": [run["req_per_s"] for run in runs]}
-
-
-def summarize_overload(runs: list[dict], factor: int) -> dict:
-    keys = ("goodput_per_s", "requests_per_s", "accepted_p50_ms", "accepted_p99_ms", "shed_p50_ms", "shed_p99_ms",
-            "rss_mb")
-    return {"factor": factor, "clients": runs[0]["clients"], **{key: median_of(runs, key) for key in keys},
-            "shed_503": sum(run["shed_503"] for run in runs), "ok": sum(run["ok"] for run in runs),
-            "errors": sum(run["other_status"] + run["connection_errors"] for run in runs),
-            "connection_errors": sum(run["connection_errors"] for run in runs),
-            "goodput_runs": [run["goodput_per_s"] for run in runs]}
-
-
-def overload_targets(ours: list[dict], naive: list[dict]) -> dict:
-    peak = max(level["goodput_per_s"] for level in ours)
-    base = ours[0]
-    high = [level for level in ours if level["factor"] >= 8]
-    shed_p99 = [level["shed_p99_ms"] for level in ours if level["shed_p99_ms"] is not None]
-    return {
-        "goodput_at_8x_16x_ge_85pct_of_peak": all(level["goodput_per_s"] >= 0.85 * peak for level in high),
-        "goodput_at_8x_16x_pct_of_peak": [round(100 * level["goodput_per_s"] / peak, 1) for level in high],
-        "accepted_p99_le_2x_saturated": all((level["accepted_p99_ms"] or 0) <= 2 * base["accepted_p99_ms"]
-                                            for level in ours),
-        "shed_p99_le_5ms": all(p99 <= 5 for p99 in shed_p99), "shed_p99_max_ms": max(shed_p99, default=None),
-        "rss_within_10pct": all(abs(level["rss_mb"] - base["rss_mb"]) <= 0.1 * base["rss_mb"] for level in ours),
-        "no_connection_errors": all(level["connection_errors"] == 0 for level in ours),
-        "beats_naive_at_every_level": all(a["goodput_per_s"] > b["goodput_per_s"]
-                                          for a, b in zip(ours, naive, strict=True)),
-    }
-
-
-def saturation(url: str, payloads: Path, sweeps: int = 3) -> tuple[int, dict[int, float]]:
-    """The sweep runs ``sweeps`` times and keeps each level's best: on a shared machine noise only ever lowers
-    goodput, and one unlucky 2 s run must not make a small level look saturating."""
-    goodput = {clients: 0.0 for clients in SATURATION_SWEEP}
-    for _ in range(sweeps):
-        for clients in SATURATION_SWEEP:
-            goodput[clients] = max(goodput[clients], closed_loop(url, payloads, clients, 2, False)["goodput_per_s"])
-    best = max(goodput.values())
-    return next(c for c in SATURATION_SWEEP if goodput[c] >= 0.9 * best), goodput
 
 
 def main() -> None:
@@ -298,7 +229,6 @@ def main() -> None:
     ours_asgi, null_protocol = "kubeforge, fast path off (all through ASGI)", "null httptools protocol (below ASGI)"
     load_before = os.getloadavg()[0]
     runs: dict[str, dict[int, list[dict]]] = {}
-    overload: dict[str, dict[str, dict[int, list[dict]]]] = {}
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         root = Path(tmp)
         fp32, int8, payloads = prepare_models(root)
@@ -342,25 +272,30 @@ def main() -> None:
                     result["server_cpu_us_per_request"] = round(
                         (cpu_seconds(process.pid) - cpu) * 1e6 / max(result["requests"], 1), 1)
                     runs[name][clients].append(result)
-        saturating, sweep = (args.saturation, {}) if args.saturation else saturation(running[ours][0], payload_file)
-        contenders = {name: running[name] for name in (ours, naive)}
-        for mode in ("retry at once", "honour Retry-After"):
-            overload[mode] = {name: {factor: [] for factor in OVERLOAD_FACTORS} for name in contenders}
-            for _ in range(args.repeats):
-                for factor in OVERLOAD_FACTORS:
-                    for name, (url, process) in contenders.items():
-                        result = closed_loop(url, payload_file, factor * saturating, args.overload_seconds,
-                                             mode != "retry at once")
-                        result["rss_mb"] = rss_mb(process.pid)
-                        overload[mode][name][factor].append(result)
-                        time.sleep(0.5)  # let a shed storm's stragglers drain before the next level
+        if args.saturation:
+            saturating, sweep, saturated_p50 = args.saturation, {}, closed_loop(
+                running[ours][0], payload_file, args.saturation, 2, False)["accepted_p50_ms"]
+        else:
+            saturating, sweep, saturated_p50 = saturation(running[ours][0], payload_file)
+        target_ms = sized_target_ms(saturated_p50)
+        sized = f"kubeforge, latency_target_ms={target_ms} (the saturated median, as docs/serving.md sizes it)"
+        port = free_port()
+        process = start([str(port) if part == "{port}" else part for part in bentoml],
+                        {**served, **stack_env, "KUBEFORGE_SERVE_LATENCY_TARGET_MS": str(target_ms)},
+                        root / f"{port}.log")
+        stack.callback(stop, process)
+        running[sized] = (f"http://127.0.0.1:{port}", process)
+        wait_ready(running[sized][0], process, STARTUP_TIMEOUT_S)
+        closed_loop(running[sized][0], payload_file, 8, 1, False)  # warm-up, not recorded
+        polite = {name: running[name] for name in (ours, sized, naive)}
+        floor = {null_protocol: running[null_protocol]} if null_protocol in running else {}
+        overload_results = run_overload({MODES[0]: {**polite, **floor}, MODES[1]: polite}, payload_file, saturating,
+                                        args.overload_seconds, args.repeats)
     results = {name: [summarize(levels[clients]) for clients in CLIENTS] for name, levels in runs.items()}
     top = {name: levels[-1]["req_per_s"] for name, levels in results.items()}
 
     def per_repeat(a: str, b: str, digits: int) -> list[float]:
         return [round(x["req_per_s"] / y["req_per_s"], digits) for x, y in zip(runs[a][64], runs[b][64], strict=True)]
-    overload_results = {mode: {name: [summarize_overload(levels[f], f) for f in OVERLOAD_FACTORS]
-                               for name, levels in by_name.items()} for mode, by_name in overload.items()}
     stack_used = "asyncio + h11" if args.stack == "h11" else (
         "uvloop + httptools" if versions("uvloop", "httptools")["httptools"] != "not installed" else "asyncio + h11")
     write("serving", {
@@ -382,9 +317,12 @@ def main() -> None:
                              "ge_60pct_of_null": top[ours] >= 0.6 * top[null],
                              "zero_errors": results[ours][-1]["errors"] == 0}},
         "overload": {"saturating_clients": saturating, "saturation_sweep_goodput": sweep,
+                     "saturated_p50_ms": saturated_p50, "sized_latency_target_ms": target_ms,
                      "results": overload_results,
-                     "targets": {mode: overload_targets(by_name[ours], by_name[naive])
-                                 for mode, by_name in overload_results.items()}},
+                     "targets": {mode: {name: overload_targets(by_name[name], by_name[naive]) for name in (ours, sized)}
+                                 for mode, by_name in overload_results.items()},
+                     "floor_null_protocol_p99_ms": [level["accepted_p99_ms"]
+                                                    for level in overload_results[MODES[0]].get(null_protocol, [])]},
     }, command=f"python -m bench.serving --seconds {args.seconds} --overload-seconds {args.overload_seconds} "
                f"--repeats {args.repeats} --stack {args.stack}")
 

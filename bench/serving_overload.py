@@ -1,0 +1,121 @@
+"""bench.serving part 2, overload: closed-loop clients at 1x, 2x, 8x and 16x the concurrency that saturates kubeforge.
+
+Contenders: kubeforge with its defaults; kubeforge with ``latency_target_ms`` sized for this model as
+docs/serving.md says (the median latency measured at saturation); the naive server; and, for clients that
+retry at once, the null httptools protocol (answers a constant from its parser callbacks, never sheds): the least
+latency any server reaches on this machine with this load generator, so a latency target below it cannot be met here.
+Clients that honour Retry-After never see the null server refuse, so it runs once, in the retry-at-once mode.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+OVERLOAD_FACTORS = (1, 2, 8, 16)
+SATURATION_SWEEP = (1, 2, 4, 8, 16, 32)
+MODES = ("retry at once", "honour Retry-After")
+
+
+def closed_loop(url: str, payloads: Path, clients: int, seconds: float, honour: bool) -> dict:
+    command = [sys.executable, "-m", "bench.serving_load", url + "/predict", "--payloads", str(payloads),
+               "--clients", str(clients), "--seconds", str(seconds)] + (["--honour-retry-after"] if honour else [])
+    done = subprocess.run(command, capture_output=True, text=True, check=True, start_new_session=True,
+                          cwd=Path(__file__).parent.parent)
+    return json.loads(done.stdout)
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process and its descendants (BentoML: arbiter + workers)."""
+    total, pending = 0, [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            for line in Path(f"/proc/{current}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending += [int(child) for child in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            continue
+    return round(total / 1024, 1)
+
+
+def median_of(runs: list[dict], key: str) -> float | None:
+    values = [run[key] for run in runs if run.get(key) is not None]
+    return round(statistics.median(values), 2) if values else None
+
+
+def saturation(url: str, payloads: Path, sweeps: int = 3) -> tuple[int, dict[int, float], float]:
+    """The saturating client count, each level's goodput, and the median latency there. The sweep runs ``sweeps``
+    times and keeps each level's best run: on a shared machine noise only ever lowers goodput, and one unlucky 2 s
+    run must not make a small level look saturating."""
+    best: dict[int, dict] = {}
+    for _ in range(sweeps):
+        for clients in SATURATION_SWEEP:
+            run = closed_loop(url, payloads, clients, 2, False)
+            if clients not in best or run["goodput_per_s"] > best[clients]["goodput_per_s"]:
+                best[clients] = run
+    goodput = {clients: run["goodput_per_s"] for clients, run in best.items()}
+    top = max(goodput.values())
+    saturating = next(c for c in SATURATION_SWEEP if goodput[c] >= 0.9 * top)
+    return saturating, goodput, best[saturating]["accepted_p50_ms"]
+
+
+def sized_target_ms(saturated_p50_ms: float) -> int:
+    """As docs/serving.md sizes it: the latency at the concurrency that saturates the server (its median, rounded up
+    to whole ms). By Little's law the adaptive limit then settles near that concurrency: admitting more adds waiting,
+    not goodput."""
+    return max(1, math.ceil(saturated_p50_ms))
+
+
+def summarize_overload(runs: list[dict], factor: int) -> dict:
+    keys = ("goodput_per_s", "requests_per_s", "accepted_p50_ms", "accepted_p99_ms", "shed_p50_ms", "shed_p99_ms",
+            "rss_mb")
+    return {"factor": factor, "clients": runs[0]["clients"], **{key: median_of(runs, key) for key in keys},
+            "shed_503": sum(run["shed_503"] for run in runs), "ok": sum(run["ok"] for run in runs),
+            "errors": sum(run["other_status"] + run["connection_errors"] for run in runs),
+            "connection_errors": sum(run["connection_errors"] for run in runs),
+            "goodput_runs": [run["goodput_per_s"] for run in runs]}
+
+
+def overload_targets(ours: list[dict], naive: list[dict]) -> dict:
+    peak = max(level["goodput_per_s"] for level in ours)
+    base = ours[0]
+    high = [level for level in ours if level["factor"] >= 8]
+    shed_p99 = [level["shed_p99_ms"] for level in ours if level["shed_p99_ms"] is not None]
+    return {
+        "goodput_at_8x_16x_ge_85pct_of_peak": all(level["goodput_per_s"] >= 0.85 * peak for level in high),
+        "goodput_at_8x_16x_pct_of_peak": [round(100 * level["goodput_per_s"] / peak, 1) for level in high],
+        "accepted_p99_le_2x_saturated": all((level["accepted_p99_ms"] or 0) <= 2 * base["accepted_p99_ms"]
+                                            for level in ours),
+        "accepted_p99_at_8x_16x_ms": [level["accepted_p99_ms"] for level in high],
+        "two_x_saturated_p99_ms": round(2 * base["accepted_p99_ms"], 2),
+        "shed_p99_le_5ms": all(p99 <= 5 for p99 in shed_p99), "shed_p99_max_ms": max(shed_p99, default=None),
+        "rss_within_10pct": all(abs(level["rss_mb"] - base["rss_mb"]) <= 0.1 * base["rss_mb"] for level in ours),
+        "no_connection_errors": all(level["connection_errors"] == 0 for level in ours),
+        "beats_naive_at_every_level": all(a["goodput_per_s"] > b["goodput_per_s"]
+                                          for a, b in zip(ours, naive, strict=True)),
+    }
+
+
+def run_overload(contenders: dict[str, dict[str, tuple[str, object]]], payloads: Path, saturating: int,
+                 seconds: float, repeats: int) -> dict[str, dict[str, list[dict]]]:
+    """``contenders``: per mode, name -> (url, process); every level runs ``repeats`` times, servers interleaved."""
+    raw: dict[str, dict[str, dict[int, list[dict]]]] = {}
+    for mode, servers in contenders.items():
+        raw[mode] = {name: {factor: [] for factor in OVERLOAD_FACTORS} for name in servers}
+        for _ in range(repeats):
+            for factor in OVERLOAD_FACTORS:
+                for name, (url, process) in servers.items():
+                    result = closed_loop(url, payloads, factor * saturating, seconds, mode != "retry at once")
+                    result["rss_mb"] = rss_mb(process.pid)  # type: ignore[attr-defined]
+                    raw[mode][name][factor].append(result)
+                    time.sleep(0.5)  # let a shed storm's stragglers drain before the next level
+    return {mode: {name: [summarize_overload(levels[f], f) for f in OVERLOAD_FACTORS]
+                   for name, levels in by_name.items()} for mode, by_name in raw.items()}

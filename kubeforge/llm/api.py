@@ -28,9 +28,10 @@ from kubeforge.llm.prepare import PreparedRequest, prepare_chat, prepare_complet
 from kubeforge.llm.responses import ResponseBuilder, dumps
 from kubeforge.llm.runtime import LLMRuntime
 from kubeforge.llm.settings import LLMServeConfig
-from kubeforge.llm.tenancy.layer import TenantLayer, current_tenant_request, header
+from kubeforge.llm.tenancy.layer import TenantLayer, current_tenant_request
 from kubeforge.serving.admission import SHED_QUEUE_FULL, Admission, AdmissionPolicy, Shed
 from kubeforge.serving.meters import Meters
+from kubeforge.serving.rawasgi import drain_unread, header
 
 logger = logging.getLogger("kubeforge.llm")
 COMPLETIONS, CHAT, MODELS = "/v1/completions", "/v1/chat/completions", "/v1/models"
@@ -89,7 +90,7 @@ class Exchange(Response):
         state = self.state
         state.meters.start()
         if scope.get("method") != "POST":
-            await asgi.drain(receive, state.config.max_payload_bytes)
+            await drain_unread(scope, receive, state.config.max_payload_bytes)
             await asgi.send_error(send, APIError(405, f"{scope.get('method')} is not allowed here; use POST",
                                                  code="method_not_allowed"))
             return 405
@@ -99,7 +100,8 @@ class Exchange(Response):
         else:
             ticket = state.admission.admit()
         if isinstance(ticket, Shed):
-            await asgi.drain(receive, state.config.max_payload_bytes)  # small: the client gets the 503, not a reset
+            # small: the client gets the 503, not a reset
+            await drain_unread(scope, receive, state.config.max_payload_bytes)
             await asgi.send_error(send, APIError(503, ticket.message, type=OVERLOADED, code=ticket.reason,
                                                  retry_after_s=ticket.retry_after_s))
             return 503

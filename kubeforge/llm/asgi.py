@@ -1,10 +1,6 @@
-"""Raw ASGI pieces of the LLM routes: a size-limited body read that still lets the client finish sending, JSON and
-server-sent-event responses, and noticing a client that went away.
-
-Why drain before a 413: a client such as Python's urllib sends the whole body before it reads the answer, often
-with ``Connection: close``; a server that answers and closes while body bytes are still unread makes the kernel
-reset the connection, and that client sees a reset instead of the 413. So the rest of the body is read and dropped
-(never buffered) up to a bound, then the 413 goes out.
+"""Raw ASGI pieces of the LLM routes: a size-limited body read that still lets the client finish sending (the drain
+is kubeforge.serving.rawasgi's, shared with the classifier), JSON and server-sent-event responses, and noticing a
+client that went away.
 """
 
 from __future__ import annotations
@@ -14,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kubeforge.llm.errors import APIError
-from kubeforge.serving import DRAIN_LIMIT_BYTES
+from kubeforge.serving.rawasgi import DRAIN_LIMIT_BYTES, drain, drain_unread
 
 JSON = b"application/json"
 EVENT_STREAM = b"text/event-stream"
@@ -35,26 +31,13 @@ def declared_length(scope: dict) -> int | None:
     return None
 
 
-async def drain(receive: Any, limit: int) -> bool:
-    """Read and drop the rest of the body, up to ``limit`` bytes; False if the client disconnected."""
-    dropped = 0
-    while dropped <= limit:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return False
-        dropped += len(message.get("body", b""))
-        if not message.get("more_body", False):
-            return True
-    return True
-
-
 async def read_body(scope: dict, receive: Any, limit: int) -> bytes | None:
     """The request body, or APIError 413 once it is known to exceed ``limit``; None if the client left."""
     too_large = APIError(413, f"the request body exceeds the limit of {limit} bytes (KUBEFORGE_LLM_MAX_PAYLOAD_BYTES)",
                          code="payload_too_large")
     declared = declared_length(scope)
     if declared is not None and declared > limit:
-        await drain(receive, drain_bound(limit))
+        await drain_unread(scope, receive, drain_bound(limit))
         raise too_large
     chunks, size = [], 0
     while True:

@@ -21,9 +21,10 @@ import orjson
 from kubeforge.serving import oip
 from kubeforge.serving.admission import SHED_DEADLINE, Admission, Shed, Ticket, retry_headers
 from kubeforge.serving.batching import MicroBatcher, Overloaded
-from kubeforge.serving.limits import (JSON_BYTES, PayloadTooLarge, declared_too_large, drain, error_body, header,
-                                      read_body, route_path, send_json)
+from kubeforge.serving.limits import (JSON_BYTES, PayloadTooLarge, declared_too_large, error_body, read_body,
+                                      route_path, send_json)
 from kubeforge.serving.openapi import openapi_document
+from kubeforge.serving.rawasgi import drain_unread, header
 from kubeforge.serving.runtime import ModelRuntime, RequestError
 
 logger = logging.getLogger("kubeforge.serving")
@@ -122,7 +123,7 @@ class Handlers:
         state = self.state
         too_large = declared_too_large(scope, state.max_payload_bytes)
         if too_large is not None:
-            await drain(scope, receive)
+            await drain_unread(scope, receive)
             await send_json(send, 413, errors(too_large))
             return 413
         runtime, batcher = state.runtime, state.batcher

@@ -3,8 +3,7 @@
 A body over the limit is refused with 413 before it is buffered (no memory growth), and the refusal reaches every
 client: one that waits for ``Expect: 100-continue`` gets it at once and never sends the body; one that sends the whole
 body before reading (Python's urllib, requests) would see a connection reset if the server answered and closed with
-the body still arriving, so the rest of the body is read and discarded first, up to ``DRAIN_LIMIT_BYTES`` (beyond
-that the connection is closed: nobody should have to swallow gigabytes to say no).
+the body still arriving, so the rest of the body is read and discarded first (kubeforge.serving.rawasgi).
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ from typing import Any
 
 from bentoml.exceptions import BentoMLException
 
-from kubeforge.serving import DRAIN_LIMIT_BYTES
+from kubeforge.serving.rawasgi import drain, drain_unread, header
 
 JSON_BYTES = b"application/json"
 
@@ -28,13 +27,6 @@ def error_body(message: str) -> bytes:
 def route_path(scope: dict) -> str:
     path, root = scope["path"], scope.get("root_path", "")
     return path[len(root):] if root and path.startswith(root) else path
-
-
-def header(scope: dict, name: bytes) -> bytes | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return value
-    return None
 
 
 async def send_json(send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None,
@@ -57,21 +49,6 @@ def declared_too_large(scope: dict, max_bytes: int) -> str | None:
     return None
 
 
-async def drain(scope: dict, receive: Any) -> None:
-    """Read and discard the rest of a refused body, so a client that sends everything before reading gets the 413."""
-    expect = header(scope, b"expect")
-    if expect is not None and expect.lower() == b"100-continue":
-        return  # the client waits for 100 Continue, which receive() would send: it never sends the body
-    drained = 0
-    while drained <= DRAIN_LIMIT_BYTES:
-        message = await receive()
-        if message["type"] != "http.request":
-            return
-        drained += len(message.get("body", b""))
-        if not message.get("more_body", False):
-            return
-
-
 async def read_body(scope: dict, receive: Any, max_bytes: int) -> bytes:
     """The whole body, or PayloadTooLarge once it grows past the limit, raised after the rest was drained."""
     chunks: list[bytes] = []
@@ -85,7 +62,7 @@ async def read_body(scope: dict, receive: Any, max_bytes: int) -> bytes:
         more = message.get("more_body", False)
         if size > max_bytes:
             if more:
-                await drain(scope, receive)
+                await drain(receive)
             raise PayloadTooLarge(f"payload exceeds the limit of {max_bytes} bytes")
         if not more:
             return b"".join((*chunks, chunk)) if chunks else chunk
@@ -105,7 +82,7 @@ class PayloadLimit:
             return
         message = declared_too_large(scope, self.max_bytes)
         if message is not None:
-            await drain(scope, receive)
+            await drain_unread(scope, receive)
             await send_json(send, 413, error_body(message))
             return
         received = 0

@@ -23,9 +23,10 @@ from kubeforge.llm import asgi
 from kubeforge.llm.errors import NOT_FOUND, OVERLOADED, APIError, bad_request, model_not_found
 from kubeforge.llm.tenancy.gateway_settings import GatewaySettings, gateway_tenancy
 from kubeforge.llm.tenancy.gateway_upstream import Upstream, pass_stream, pass_whole, unavailable
-from kubeforge.llm.tenancy.layer import TenantLayer, TenantRequest, current_tenant_request, header
+from kubeforge.llm.tenancy.layer import TenantLayer, TenantRequest, current_tenant_request
 from kubeforge.llm.tenancy.settings import TenancySettings
 from kubeforge.serving.meters import Meters
+from kubeforge.serving.rawasgi import drain_unread, header
 
 logger = logging.getLogger("kubeforge.llm")
 GENERATION_ROUTES = ("/v1/completions", "/v1/chat/completions")
@@ -139,7 +140,7 @@ class GatewayApp:
         elif method == "GET" and path == "/metrics":
             await self._metrics(send)
         else:
-            await asgi.drain(receive, self.settings.max_payload_bytes)
+            await drain_unread(scope, receive, self.settings.max_payload_bytes)
             await asgi.send_error(send, APIError(404, f"no route {method} {path}", type=NOT_FOUND,
                                                  code="unknown_route"))
 

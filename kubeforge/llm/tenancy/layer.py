@@ -34,6 +34,7 @@ from kubeforge.llm.tenancy.settings import TenancySettings
 from kubeforge.llm.tenancy.store import TenancyStore
 from kubeforge.llm.tenancy.usage_metrics import TenantMetrics
 from kubeforge.serving.meters import Meters
+from kubeforge.serving.rawasgi import drain_unread, header
 
 logger = logging.getLogger("kubeforge.llm")
 _CURRENT: contextvars.ContextVar[TenantRequest | None] = contextvars.ContextVar("kubeforge_tenant", default=None)
@@ -44,13 +45,6 @@ ASGIApp = Callable[[dict, Any, Any], Awaitable[Any]]
 def current_tenant_request() -> TenantRequest | None:
     """The tenant request being served in this task, or None (the layer is off)."""
     return _CURRENT.get()
-
-
-def header(scope: dict, name: bytes) -> bytes | None:
-    for key, value in scope.get("headers", ()):
-        if key == name:
-            return value
-    return None
 
 
 @dataclass(eq=False)
@@ -236,7 +230,7 @@ class TenantLayer:
 
     async def _refuse(self, exc: APIError, receive: Any, send: Any, drain_limit: int, tenant: TenantPolicy | None,
                       key_id: str | None, scope: dict, started: float) -> None:
-        await asgi.drain(receive, drain_limit)  # small: the client reads the refusal, not a reset
+        await drain_unread(scope, receive, drain_limit)  # small: the client reads the refusal, not a reset
         await asgi.send_error(send, exc)
         if isinstance(exc, refusals.RateLimited) and tenant is not None:
             self.metrics.rate_limited.inc((tenant.name, exc.reason))

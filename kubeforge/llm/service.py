@@ -27,6 +27,7 @@ from kubeforge.llm.tenancy.layer import fair_scheduler, layer_from_env
 from kubeforge.serving.admission import Admission
 from kubeforge.serving.frontdoor import FrontDoor, FrontDoorService
 from kubeforge.serving.meters import Meters
+from kubeforge.serving.readiness import WorkerReadiness
 
 MODEL_ENV = "KUBEFORGE_LLM_MODEL"
 MODEL_TAG_ENV = "KUBEFORGE_LLM_MODEL_TAG"
@@ -84,10 +85,12 @@ class KubeforgeLLM:
     __front_door__ = staticmethod(front_door)
 
     def __init__(self) -> None:
-        threading.Thread(target=self._load, name="llm-loader", daemon=True).start()
+        self.readiness = WorkerReadiness.of_this_worker(CONFIG.workers)  # /readyz waits for every worker
+        self.readiness.loading()
+        threading.Thread(target=self._load, args=(self.readiness,), name="llm-loader", daemon=True).start()
 
     @staticmethod
-    def _load() -> None:
+    def _load(readiness: WorkerReadiness) -> None:
         from kubeforge.llm.errors import APIError
         from kubeforge.llm.metrics import LLMMetrics
         from kubeforge.llm.runtime import LLMRuntime
@@ -109,6 +112,7 @@ class KubeforgeLLM:
             gc.collect()
             gc.freeze()  # what lives as long as the worker leaves the collector's reach (no full-collection stalls)
             STATE.runtime = runtime
+            readiness.ready()
             logger.info("serving %s (%s backend, %d adapters)", reference, runtime.engine.backend.kind,
                         len(runtime.adapter_names()))
         except Exception as exc:  # surfaced through /livez and the log
@@ -116,7 +120,7 @@ class KubeforgeLLM:
             logger.error("the LLM failed to load: %s", STATE.load_error)
 
     async def __is_ready__(self) -> bool:
-        return STATE.runtime is not None
+        return STATE.runtime is not None and self.readiness.pod_ready()
 
     async def __is_alive__(self) -> bool:
         return STATE.load_error is None

@@ -7,7 +7,7 @@ KUBEFORGE_MODEL_TAG (default ``kubeforge-model:latest``), which `bentoml build` 
 Endpoints: POST /predict and the Open Inference Protocol v2 (/v2/...), answered by kubeforge's front door
 (kubeforge.serving.frontdoor, kubeforge.serving.http) after admission control (kubeforge.serving.admission); GET
 /schema.json and /docs.json (OpenAPI 3); and BentoML's GET /livez, GET /readyz (200 only after the model loaded and a
-warm-up inference ran) and GET /metrics (Prometheus).
+warm-up inference ran, in every worker of the pod: kubeforge.serving.readiness) and GET /metrics (Prometheus).
 """
 
 from __future__ import annotations
@@ -27,11 +27,13 @@ from kubeforge.serving.frontdoor import FrontDoor, FrontDoorService
 from kubeforge.serving.http import PREDICT_PATH, Handlers, ServingState
 from kubeforge.serving.limits import PayloadLimit
 from kubeforge.serving.meters import LocalHistogram, Meters
+from kubeforge.serving.readiness import WorkerReadiness
 from kubeforge.serving.runtime import ModelRuntime
 
 MODEL_DIR_ENV = "KUBEFORGE_MODEL_DIR"
 MODEL_TAG_ENV = "KUBEFORGE_MODEL_TAG"
-WARMUP_DELAY_ENV = "KUBEFORGE_SERVE_WARMUP_DELAY_S"  # lets tests observe the not-ready window; 0 in production
+# lets tests observe the not-ready window; comma-separated: per worker (the last value for the rest); 0 in production
+WARMUP_DELAY_ENV = "KUBEFORGE_SERVE_WARMUP_DELAY_S"
 DEFAULT_MODEL_TAG = "kubeforge-model:latest"
 
 CONFIG = ServeConfig.from_env()
@@ -81,6 +83,11 @@ def _model_dir() -> str:
     return bentoml.models.get(os.environ.get(MODEL_TAG_ENV, DEFAULT_MODEL_TAG)).path
 
 
+def _warmup_delay(worker: int | None) -> float:
+    delays = [float(value) for value in os.environ.get(WARMUP_DELAY_ENV, "0").split(",")]
+    return delays[min((worker or 1) - 1, len(delays) - 1)]
+
+
 @bentoml.service(
     name="kubeforge-classifier",
     service_class=FrontDoorService,
@@ -97,26 +104,30 @@ class KubeforgeClassifier:
 
     def __init__(self) -> None:
         # Load in the background so the server answers at once: /readyz says 503 (not a connection timeout) until
-        # the model is loaded and warmed up, and /livez fails if loading failed, so Kubernetes restarts the pod.
-        threading.Thread(target=self._load, name="model-loader", daemon=True).start()
+        # the model is loaded and warmed up in every worker, and /livez fails if loading failed, so Kubernetes
+        # restarts the pod.
+        self.readiness = WorkerReadiness.of_this_worker(CONFIG.workers)
+        self.readiness.loading()
+        threading.Thread(target=self._load, args=(self.readiness,), name="model-loader", daemon=True).start()
 
     @staticmethod
-    def _load() -> None:
+    def _load(readiness: WorkerReadiness) -> None:
         try:
             runtime = ModelRuntime.load(_model_dir(), CONFIG)
-            time.sleep(float(os.environ.get(WARMUP_DELAY_ENV, "0")))
+            time.sleep(_warmup_delay(readiness.index))
             runtime.warm_up()
             # Everything alive now lives as long as the worker: move it out of the collector's reach, so a full
             # collection walks only per-request garbage instead of every module and model object (no tail stalls).
             gc.collect()
             gc.freeze()
             STATE.serve(runtime, on_batch=BATCH_ROWS.observe)
+            readiness.ready()
         except Exception as exc:  # surfaced through /livez and the log
             STATE.load_error = f"{type(exc).__name__}: {exc}"
             logger.error("model failed to load: %s", STATE.load_error)
 
     async def __is_ready__(self) -> bool:
-        return STATE.runtime is not None
+        return STATE.runtime is not None and self.readiness.pod_ready()
 
     async def __is_alive__(self) -> bool:
         return STATE.load_error is None

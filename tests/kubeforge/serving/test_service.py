@@ -106,6 +106,23 @@ def test_not_ready_until_warm_up_ran(served_model_dir, tmp_path):
         slow.stop()
 
 
+def test_a_two_worker_pod_is_not_ready_while_one_worker_still_loads(served_model_dir, tmp_path):
+    """BentoML answers /readyz in whichever worker accepts the probe: the second worker finishes loading 8 s after
+    the first (which takes ~3 s here), and no probe on a new connection may say 200 before it is done."""
+    pod = Server(served_model_dir, tmp_path, KUBEFORGE_SERVE_WORKERS="2", KUBEFORGE_SERVE_WARMUP_DELAY_S="0,8")
+    try:
+        pod.wait("/readyz", 503, timeout=60)
+        first_answer = time.monotonic()
+        seen = pod.wait("/readyz", 200)
+        assert time.monotonic() - first_answer >= 6, "ready before the slow worker had loaded"
+        assert seen.count(503) >= 10  # ~0.2 s apart: probes reached both workers while the second loaded
+        for _ in range(20):  # now every worker answers, whichever takes the connection
+            assert httpx.get(pod.url + "/readyz", timeout=5).status_code == 200
+            assert httpx.post(pod.url + "/predict", json={"instances": [[0.0] * 64]}, timeout=5).status_code == 200
+    finally:
+        pod.stop()
+
+
 def test_concurrent_requests_are_batched_and_each_gets_its_own_rows(server, served_model_dir, digits):
     rows = digits.X_test[:48]
     offline = load_predictor(served_model_dir)(rows).argmax(1).tolist()

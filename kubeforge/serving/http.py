@@ -127,18 +127,18 @@ class Handlers:
             await send_json(send, 413, errors(too_large))
             return 413
         runtime, batcher = state.runtime, state.batcher
-        admission = state.admission
-        if runtime is None or batcher is None:
-            shed: Shed | Ticket = admission.refuse_not_ready(NOT_LOADED)
-        else:
-            shed = admission.admit() if admission.policy.max_queue == 0 else await admission.enter()
-        if isinstance(shed, Shed):
-            await send_json(send, 503, errors(shed.message), retry_after(shed))
+        if state.admission.policy.max_queue == 0 or runtime is None or batcher is None:
+            admitted = self.admit_now()
+        else:  # the queueing policy: wait for a slot
+            ticket = await state.admission.enter()
+            admitted = ticket if isinstance(ticket, Shed) else (runtime, batcher, ticket)
+        if isinstance(admitted, Shed):
+            await send_json(send, 503, errors(admitted.message), retry_after(admitted))
             return 503
-        return runtime, batcher, shed
+        return admitted
 
     def admit_now(self) -> tuple[ModelRuntime, MicroBatcher, Ticket] | Shed:
-        """Readiness and admission without waiting (the policy has no queue): the fast path's ``_admit``."""
+        """Readiness and admission without waiting (the policy has no queue): the fast path's, and ``_admit``'s."""
         runtime, batcher = self.state.runtime, self.state.batcher
         if runtime is None or batcher is None:
             return self.state.admission.refuse_not_ready(NOT_LOADED)

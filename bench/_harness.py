@@ -133,6 +133,20 @@ def wait_ready(url: str, process: subprocess.Popen, timeout: float, log: Path | 
     raise RuntimeError(f"{url} not ready after {timeout} s: {tail()}")
 
 
+def process_tree(pid: int) -> list[int]:
+    """A process and all its descendants (BentoML runs workers under an arbiter); Linux /proc only."""
+    tree, pending = [], [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending += [int(child) for child in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            continue
+        tree.append(current)
+    return tree
+
+
 def stop(process: subprocess.Popen) -> None:
     process.terminate()
     try:

@@ -41,7 +41,7 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-from bench._harness import free_port, stop, versions, wait_ready, write
+from bench._harness import free_port, process_tree, stop, versions, wait_ready, write
 from bench.serving_overload import (MODES, closed_loop, median_of, overload_targets, run_overload, saturation,
                                      sized_target_ms)
 
@@ -189,20 +189,15 @@ def start(command: list[str], env: dict, log: Path) -> subprocess.Popen:
 
 
 def cpu_seconds(pid: int) -> float:
-    """CPU time of a process and all its descendants (BentoML runs workers under an arbiter); Linux /proc only."""
-    total, pending = 0.0, [pid]
-    while pending:
-        current = pending.pop()
+    """CPU time of a process and all its descendants."""
+    total = 0.0
+    for current in process_tree(pid):
         try:
             fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
             total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-            for task in Path(f"/proc/{current}/task").iterdir():
-                pending += [int(child) for child in (task / "children").read_text().split()]
         except (OSError, IndexError, ValueError):
             continue
     return total
-
-
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -247,16 +242,23 @@ def main() -> None:
         if args.stack == "auto" and versions("httptools")["httptools"] != "not installed":
             servers[null_protocol] = ([sys.executable, "-c", NULL_PROTOCOL_SERVER, "{port}"], {})
         running: dict[str, tuple[str, subprocess.Popen]] = {}
-        for name, (command, env) in servers.items():
-            port = free_port()
-            process = start([str(port) if part == "{port}" else part for part in command], {**env, **stack_env},
-                            root / f"{port}.log")
-            stack.callback(stop, process)
-            running[name] = (f"http://127.0.0.1:{port}", process)
-        for name, (url, process) in running.items():
-            wait_ready(url, process, STARTUP_TIMEOUT_S)
-            closed_loop(url, payload_file, 8, 1, False)  # warm-up, not recorded
-            runs[name] = {clients: [] for clients in CLIENTS}
+
+        def launch(names: list[str]) -> None:
+            """Start the named servers at once, then wait for each and warm it up (not recorded)."""
+            for name in names:
+                command, env = servers[name]
+                port = free_port()
+                process = start([str(port) if part == "{port}" else part for part in command],
+                                {**env, **stack_env}, root / f"{port}.log")
+                stack.callback(stop, process)
+                running[name] = (f"http://127.0.0.1:{port}", process)
+            for name in names:
+                url, process = running[name]
+                wait_ready(url, process, STARTUP_TIMEOUT_S)
+                closed_loop(url, payload_file, 8, 1, False)
+
+        launch(list(servers))
+        runs.update({name: {clients: [] for clients in CLIENTS} for name in servers})
         for _ in range(args.repeats):
             for clients in CLIENTS:
                 for name, (url, process) in running.items():
@@ -279,14 +281,8 @@ def main() -> None:
             saturating, sweep, saturated_p50 = saturation(running[ours][0], payload_file)
         target_ms = sized_target_ms(saturated_p50)
         sized = f"kubeforge, latency_target_ms={target_ms} (the saturated median, as docs/serving.md sizes it)"
-        port = free_port()
-        process = start([str(port) if part == "{port}" else part for part in bentoml],
-                        {**served, **stack_env, "KUBEFORGE_SERVE_LATENCY_TARGET_MS": str(target_ms)},
-                        root / f"{port}.log")
-        stack.callback(stop, process)
-        running[sized] = (f"http://127.0.0.1:{port}", process)
-        wait_ready(running[sized][0], process, STARTUP_TIMEOUT_S)
-        closed_loop(running[sized][0], payload_file, 8, 1, False)  # warm-up, not recorded
+        servers[sized] = (bentoml, {**served, "KUBEFORGE_SERVE_LATENCY_TARGET_MS": str(target_ms)})
+        launch([sized])
         polite = {name: running[name] for name in (ours, sized, naive)}
         floor = {null_protocol: running[null_protocol]} if null_protocol in running else {}
         overload_results = run_overload({MODES[0]: {**polite, **floor}, MODES[1]: polite}, payload_file, saturating,

@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench._harness import process_tree
+
 OVERLOAD_FACTORS = (1, 2, 8, 16)
 SATURATION_SWEEP = (1, 2, 4, 8, 16, 32)
 MODES = ("retry at once", "honour Retry-After")
@@ -32,15 +34,12 @@ def closed_loop(url: str, payloads: Path, clients: int, seconds: float, honour: 
 
 def rss_mb(pid: int) -> float:
     """Resident memory of a process and its descendants (BentoML: arbiter + workers)."""
-    total, pending = 0, [pid]
-    while pending:
-        current = pending.pop()
+    total = 0
+    for current in process_tree(pid):
         try:
             for line in Path(f"/proc/{current}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     total += int(line.split()[1])
-            for task in Path(f"/proc/{current}/task").iterdir():
-                pending += [int(child) for child in (task / "children").read_text().split()]
         except (OSError, ValueError):
             continue
     return round(total / 1024, 1)

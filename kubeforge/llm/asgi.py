@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kubeforge.llm.errors import APIError
-from kubeforge.serving.rawasgi import DRAIN_LIMIT_BYTES, drain, drain_unread
+from kubeforge.serving.rawasgi import DRAIN_LIMIT_BYTES, drain, drain_unread, header
 
 JSON = b"application/json"
 EVENT_STREAM = b"text/event-stream"
@@ -25,10 +25,8 @@ def drain_bound(limit: int) -> int:
 
 
 def declared_length(scope: dict) -> int | None:
-    for name, value in scope.get("headers", ()):
-        if name == b"content-length":
-            return int(value) if value.isdigit() else None
-    return None
+    value = header(scope, b"content-length")
+    return int(value) if value is not None and value.isdigit() else None
 
 
 async def read_body(scope: dict, receive: Any, limit: int) -> bytes | None:

@@ -36,6 +36,7 @@ from kubeforge.serving.http import (INFERENCE_FAILED, PREDICT_PATH, Handlers, ch
                                     v2_answer, v2_content_type, v2_request)
 from kubeforge.serving.limits import JSON_BYTES, error_body
 from kubeforge.serving.meters import LocalCounter, Meters
+from kubeforge.serving.rawasgi import find_header
 from kubeforge.serving.runtime import ModelRuntime, RequestError
 
 logger = logging.getLogger("kubeforge.serving")
@@ -109,8 +110,7 @@ class FastInfer(FastRoute):
     label = "/v2"
 
     def decode(self, runtime: ModelRuntime, body: bytes, headers: list[tuple[bytes, bytes]]) -> tuple[np.ndarray, Any]:
-        length = next((value for name, value in headers if name == oip.HEADER_LENGTH), None)
-        request = v2_request(runtime, body, length)
+        request = v2_request(runtime, body, find_header(headers, oip.HEADER_LENGTH))
         return request.rows, request
 
     def answer(self, runtime: ModelRuntime, request: Any, probabilities: np.ndarray

@@ -11,17 +11,23 @@ has not asked for, so a refusal before the body is read does not read it (readin
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 # The most of a refused body any kubeforge HTTP layer reads and drops before it answers anyway.
 DRAIN_LIMIT_BYTES = 64 * 1024 * 1024
 
 
-def header(scope: dict, name: bytes) -> bytes | None:
-    for key, value in scope.get("headers", ()):
+def find_header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """The first value of a header, by its lower-case name (ASGI scopes and uvicorn's protocol lower-case them)."""
+    for key, value in headers:
         if key == name:
             return value
     return None
+
+
+def header(scope: dict, name: bytes) -> bytes | None:
+    return find_header(scope.get("headers", ()), name)
 
 
 async def drain(receive: Any, limit: int = DRAIN_LIMIT_BYTES) -> bool:

@@ -127,7 +127,7 @@ class KubeforgeClassifier:
             logger.error("model failed to load: %s", STATE.load_error)
 
     async def __is_ready__(self) -> bool:
-        return STATE.runtime is not None and self.readiness.pod_ready()
+        return self.readiness.pod_ready()  # marked ready once STATE.runtime serves
 
     async def __is_alive__(self) -> bool:
         return STATE.load_error is None

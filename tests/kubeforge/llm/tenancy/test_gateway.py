@@ -97,10 +97,11 @@ def test_a_stream_is_passed_through_event_by_event(gateway, gateway_tenancy, llm
     assert choices(through) == choices(direct)
     assert through[-1] == "data: [DONE]" and len(through) == 24 + 1
     assert all('"usage":{' not in line for line in through)
-    # a stream held back and sent at the end would arrive all at once: these came over the generation's time
+    # a stream held back and sent at the end would arrive in one burst: these came in several over the generation's
+    # time (a loaded machine may coalesce neighbouring tokens, so bursts are counted, not per-token gaps)
     spread = arrivals[-2] - arrivals[0]
-    gaps = sorted(b - a for a, b in zip(arrivals, arrivals[1:-1]))
-    assert spread > 0.01 and gaps[len(gaps) // 2] > 0.0002, (spread, gaps)
+    bursts = 1 + sum(b - a > 0.001 for a, b in zip(arrivals, arrivals[1:-1]))
+    assert spread > 0.01 and bursts >= 3, (spread, bursts, arrivals)
     (line,) = gateway_tenancy.audit_since(before, 1)
     assert line["stream"] and line["completion_tokens"] == 24 and line["ttft_ms"] > 0
 

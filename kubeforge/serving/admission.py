@@ -22,6 +22,7 @@ limit, in flight, queue length (gauges, summed over a pod's workers), all throug
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from collections import deque
@@ -144,7 +145,9 @@ class Admission:
 
     @property
     def current_limit(self) -> int:
-        return int(self.limit)
+        """How many requests this worker admits at once: admit() takes one while in_flight < limit, so a fractional
+        limit admits its ceiling."""
+        return math.ceil(self.limit)
 
     def admit(self) -> Ticket | Shed:
         """A slot now, or a refusal now; never waits. The caller has read nothing of the request's body."""

@@ -120,9 +120,10 @@ def closed_loop(admission: Admission, clock: Clock, latency_s: float, windows: i
         end = clock.now + 0.1
         while clock.now < end:
             tickets = []
-            while admission.in_flight < admission.limit:  # a fractional limit admits one more than current_limit
+            while admission.in_flight < admission.limit:
                 tickets.append(admission.admit())
             assert all(isinstance(ticket, Ticket) for ticket in tickets)
+            assert len(tickets) == admission.current_limit  # the gauge says what it admits, fractional limit or not
             refusals = [admission.admit() for _ in range(round(refused_per_admitted * len(tickets)))]
             assert all(isinstance(refusal, Shed) for refusal in refusals)
             clock.now += latency_s

@@ -124,3 +124,7 @@ class KubeforgeLLM:
 
     async def __is_alive__(self) -> bool:
         return STATE.load_error is None
+
+    @bentoml.on_shutdown
+    def release_readiness(self) -> None:
+        self.readiness.release()  # the worker is stopping: take its mark back (the last removes the directory)

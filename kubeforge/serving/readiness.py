@@ -5,7 +5,8 @@ them had loaded, and the requests that reached a worker still loading got 503 ju
 loads for minutes). So each worker marks itself in a directory its siblings share, named after their parent, the
 server's arbiter process, and its start time (a reused pid never sees another server's marks); a worker that is
 restarted unmarks itself before it loads again. One worker, or a process that is not a BentoML worker, needs no marks.
-The directory (a few empty files) is left in the temp dir when the server exits; a pod's is gone with the pod.
+Each worker takes its mark back when it stops (the services' BentoML shutdown hook) and the last one out removes the
+directory; a worker killed outright leaves its mark behind (in a pod, the temp dir goes with the pod).
 Shared by both services (kubeforge.serving.service, kubeforge.llm.service).
 """
 
@@ -62,6 +63,15 @@ class WorkerReadiness:
             self.directory.mkdir(parents=True, exist_ok=True)
             (self.directory / str(self.index)).touch()
         self.loaded = True
+
+    def release(self) -> None:
+        """This worker is leaving: unmark it, and remove the directory once no sibling is marked."""
+        self.loading()
+        if self.directory is not None:
+            try:
+                self.directory.rmdir()
+            except OSError:  # a sibling is still marked, or the directory was never made
+                pass
 
     def pod_ready(self) -> bool:
         """This worker and every sibling serve."""

@@ -132,5 +132,9 @@ class KubeforgeClassifier:
     async def __is_alive__(self) -> bool:
         return STATE.load_error is None
 
+    @bentoml.on_shutdown
+    def release_readiness(self) -> None:
+        self.readiness.release()  # the worker is stopping: take its mark back (the last removes the directory)
+
 
 KubeforgeClassifier.add_asgi_middleware(PayloadLimit, max_bytes=CONFIG.max_payload_bytes)

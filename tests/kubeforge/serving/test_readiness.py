@@ -30,3 +30,14 @@ def test_one_worker_or_no_bentoml_worker_needs_no_marks(tmp_path):
         readiness.ready()
         assert readiness.pod_ready()
     assert not any(tmp_path.iterdir())
+
+
+def test_workers_take_their_marks_back_and_the_last_removes_the_directory(tmp_path):
+    first, second = (WorkerReadiness(2, index, root=tmp_path) for index in (1, 2))
+    first.ready()
+    second.ready()
+    first.release()  # the server is stopping: one worker has exited
+    assert first.directory.exists() and not second.pod_ready()
+    second.release()
+    assert not any(tmp_path.iterdir())
+    WorkerReadiness(2, 1, root=tmp_path).release()  # exiting before it ever loaded: nothing to remove, no error

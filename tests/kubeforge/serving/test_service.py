@@ -109,7 +109,10 @@ def test_not_ready_until_warm_up_ran(served_model_dir, tmp_path):
 def test_a_two_worker_pod_is_not_ready_while_one_worker_still_loads(served_model_dir, tmp_path):
     """BentoML answers /readyz in whichever worker accepts the probe: the second worker finishes loading 8 s after
     the first (which takes ~3 s here), and no probe on a new connection may say 200 before it is done."""
-    pod = Server(served_model_dir, tmp_path, KUBEFORGE_SERVE_WORKERS="2", KUBEFORGE_SERVE_WARMUP_DELAY_S="0,8")
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    pod = Server(served_model_dir, tmp_path, KUBEFORGE_SERVE_WORKERS="2", KUBEFORGE_SERVE_WARMUP_DELAY_S="0,8",
+                 TMPDIR=str(temp))
     try:
         pod.wait("/readyz", 503, timeout=60)
         first_answer = time.monotonic()
@@ -119,8 +122,10 @@ def test_a_two_worker_pod_is_not_ready_while_one_worker_still_loads(served_model
         for _ in range(20):  # now every worker answers, whichever takes the connection
             assert httpx.get(pod.url + "/readyz", timeout=5).status_code == 200
             assert httpx.post(pod.url + "/predict", json={"instances": [[0.0] * 64]}, timeout=5).status_code == 200
+        assert len(list(temp.glob("kubeforge-ready-*/*"))) == 2
     finally:
         pod.stop()
+    assert not list(temp.glob("kubeforge-ready-*")), "the workers left their readiness marks behind"
 
 
 def test_concurrent_requests_are_batched_and_each_gets_its_own_rows(server, served_model_dir, digits):

@@ -318,7 +318,9 @@ def main() -> None:
                      "targets": {mode: {name: overload_targets(by_name[name], by_name[naive]) for name in (ours, sized)}
                                  for mode, by_name in overload_results.items()},
                      "floor_null_protocol_p99_ms": [level["accepted_p99_ms"]
-                                                    for level in overload_results[MODES[0]].get(null_protocol, [])]},
+                                                    for level in overload_results[MODES[0]].get(null_protocol, [])],
+                     "floor_null_protocol_littles_law_cycle_ms": [
+                         level["littles_law_cycle_ms"] for level in overload_results[MODES[0]].get(null_protocol, [])]},
     }, command=f"python -m bench.serving --seconds {args.seconds} --overload-seconds {args.overload_seconds} "
                f"--repeats {args.repeats} --stack {args.stack}")
 

@@ -128,7 +128,8 @@ async def load(url: str, bodies: list[bytes], clients: int, seconds: float, warm
             "ok": len(ok), "shed_503": len(shed), "other_status": len(other),
             "connection_errors": run.connection_errors,
             "accepted_p50_ms": percentile_ms(ok, 50), "accepted_p99_ms": percentile_ms(ok, 99),
-            "shed_p50_ms": percentile_ms(shed, 50), "shed_p99_ms": percentile_ms(shed, 99)}
+            "shed_p50_ms": percentile_ms(shed, 50), "shed_p99_ms": percentile_ms(shed, 99),
+            "answer_mean_ms": round(float(np.mean(ok + shed + other)) * 1000, 2) if ok or shed or other else None}
 
 
 def main() -> None:

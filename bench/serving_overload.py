@@ -73,10 +73,21 @@ def sized_target_ms(saturated_p50_ms: float) -> int:
     return max(1, math.ceil(saturated_p50_ms))
 
 
+def littles_law_cycle_ms(clients: int, answers_per_s: float | None) -> float | None:
+    """Clients that send again at once obey Little's law: clients = answer rate x (mean latency of every answer,
+    200 or 503 alike, + the client's own time between an answer and its next request). Refusing changes the rate,
+    never the client count, so for such clients only a server that answers faster lowers the mean latency. The
+    client's own time is this minus ``answer_mean_ms`` (~0 for an ideal client). For clients that honour
+    Retry-After, who are not all in the system, it is only an upper bound."""
+    return round(1000 * clients / answers_per_s, 2) if answers_per_s else None
+
+
 def summarize_overload(runs: list[dict], factor: int) -> dict:
     keys = ("goodput_per_s", "requests_per_s", "accepted_p50_ms", "accepted_p99_ms", "shed_p50_ms", "shed_p99_ms",
-            "rss_mb")
-    return {"factor": factor, "clients": runs[0]["clients"], **{key: median_of(runs, key) for key in keys},
+            "answer_mean_ms", "rss_mb")
+    middle = {key: median_of(runs, key) for key in keys}
+    return {"factor": factor, "clients": runs[0]["clients"], **middle,
+            "littles_law_cycle_ms": littles_law_cycle_ms(runs[0]["clients"], middle["requests_per_s"]),
             "shed_503": sum(run["shed_503"] for run in runs), "ok": sum(run["ok"] for run in runs),
             "errors": sum(run["other_status"] + run["connection_errors"] for run in runs),
             "connection_errors": sum(run["connection_errors"] for run in runs),

@@ -288,6 +288,7 @@ def main() -> None:
         overload_results = run_overload({MODES[0]: {**polite, **floor}, MODES[1]: polite}, payload_file, saturating,
                                         args.overload_seconds, args.repeats)
     results = {name: [summarize(levels[clients]) for clients in CLIENTS] for name, levels in runs.items()}
+    floor_levels = overload_results[MODES[0]].get(null_protocol, [])
     top = {name: levels[-1]["req_per_s"] for name, levels in results.items()}
 
     def per_repeat(a: str, b: str, digits: int) -> list[float]:
@@ -317,10 +318,9 @@ def main() -> None:
                      "results": overload_results,
                      "targets": {mode: {name: overload_targets(by_name[name], by_name[naive]) for name in (ours, sized)}
                                  for mode, by_name in overload_results.items()},
-                     "floor_null_protocol_p99_ms": [level["accepted_p99_ms"]
-                                                    for level in overload_results[MODES[0]].get(null_protocol, [])],
-                     "floor_null_protocol_littles_law_cycle_ms": [
-                         level["littles_law_cycle_ms"] for level in overload_results[MODES[0]].get(null_protocol, [])]},
+                     "floor_null_protocol_p99_ms": [level["accepted_p99_ms"] for level in floor_levels],
+                     "floor_null_protocol_littles_law_cycle_ms": [level["littles_law_cycle_ms"]
+                                                                  for level in floor_levels]},
     }, command=f"python -m bench.serving --seconds {args.seconds} --overload-seconds {args.overload_seconds} "
                f"--repeats {args.repeats} --stack {args.stack}")
 

@@ -105,6 +105,23 @@ def loadavg() -> list[float]:
     return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
 
 
+def cpu_times() -> list[int] | None:
+    """The machine's CPU time counters (/proc/stat, all cores): user, nice, system, idle, iowait, irq, softirq, steal."""
+    try:
+        return [int(field) for field in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+
+
+def steal_pct(before: list[int] | None, after: list[int] | None) -> float | None:
+    """Share of the machine's CPU time the hypervisor gave to other guests between two cpu_times(): on a shared VM a
+    slow repeat with a high figure was the neighbours, not the code under test."""
+    if not before or not after or len(before) < 8 or len(after) < 8:
+        return None
+    elapsed = sum(after) - sum(before)
+    return round(100 * (after[7] - before[7]) / elapsed, 1) if elapsed > 0 else None
+
+
 # ---- servers under test ---------------------------------------------------------------------------------------
 
 def free_port() -> int:

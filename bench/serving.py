@@ -23,7 +23,9 @@ null httptools protocol as the floor) and once with clients that honour Retry-Af
 requests, p99 of 503s, errors, server RSS. Targets: goodput at 8x and 16x >= 85 % of the peak, accepted p99 <= 2x the
 p99 at 1x, 503 p99 <= 5 ms, RSS within 10 % of the 1x level, no connection errors, naive beaten at every level.
 Every level runs `--repeats` times with the servers interleaved, medians reported; the 1-minute load average is
-recorded before and after, since the machine is shared.
+recorded before and after, and each run's CPU steal (the share of the machine the hypervisor gave to other guests),
+since the machine is shared; the overload goodput targets are also given per repeat (each repeat's levels against
+that repeat's best), which a neighbour slowing a whole repeat does not move.
 
     python -m bench.serving [--seconds 5] [--overload-seconds 3] [--repeats 3] [--stack auto|h11]
 """
@@ -41,7 +43,7 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-from bench._harness import free_port, process_tree, stop, versions, wait_ready, write
+from bench._harness import cpu_times, free_port, process_tree, steal_pct, stop, versions, wait_ready, write
 from bench.serving_overload import (MODES, closed_loop, median_of, overload_targets, run_overload, saturation,
                                      sized_target_ms)
 
@@ -202,10 +204,12 @@ def cpu_seconds(pid: int) -> float:
 
 def summarize(runs: list[dict]) -> dict:
     """Medians over the interleaved repeats (errors are summed: one is one too many)."""
-    middle = {key: median_of(runs, key) for key in ("req_per_s", "p50_ms", "p99_ms", "server_cpu_us_per_request")}
+    middle = {key: median_of(runs, key)
+              for key in ("req_per_s", "p50_ms", "p99_ms", "server_cpu_us_per_request", "cpu_steal_pct")}
     return {"clients": runs[0]["clients"], **middle, "errors": sum(run["errors"] for run in runs),
             "requests": sum(run["requests"] for run in runs), "repeats": len(runs),
-            "req_per_s_runs": [run["req_per_s"] for run in runs]}
+            "req_per_s_runs": [run["req_per_s"] for run in runs],
+            "cpu_steal_pct_runs": [run["cpu_steal_pct"] for run in runs]}
 
 
 def main() -> None:
@@ -262,7 +266,7 @@ def main() -> None:
         for _ in range(args.repeats):
             for clients in CLIENTS:
                 for name, (url, process) in running.items():
-                    cpu = cpu_seconds(process.pid)
+                    cpu, counters = cpu_seconds(process.pid), cpu_times()
                     if use_wrk:
                         result = wrk_load(url, payloads, clients, args.seconds, root)
                     else:
@@ -271,6 +275,7 @@ def main() -> None:
                                   "req_per_s": loaded["requests_per_s"], "p50_ms": loaded["accepted_p50_ms"],
                                   "p99_ms": loaded["accepted_p99_ms"],
                                   "errors": loaded["shed_503"] + loaded["other_status"] + loaded["connection_errors"]}
+                    result["cpu_steal_pct"] = steal_pct(counters, cpu_times())
                     result["server_cpu_us_per_request"] = round(
                         (cpu_seconds(process.pid) - cpu) * 1e6 / max(result["requests"], 1), 1)
                     runs[name][clients].append(result)

@@ -5,7 +5,8 @@ requests saw; this one can. Each of ``--clients`` keep-alive connections sends i
 previous answer arrived (``--honour-retry-after``: as long after a 503 as its ``retry-after-ms``, or else its
 ``Retry-After`` seconds, say, as OpenAI's clients do).
 Raw asyncio protocols on uvloop when installed: about 15-25 µs of client CPU per request, so it shares the cores with
-the server under test as lightly as Python allows. Prints one JSON object.
+the server under test as lightly as Python allows. Prints one JSON object, with the share of the machine's CPU
+stolen by the hypervisor during the window (``cpu_steal_pct``).
 
     python -m bench.serving_load URL --payloads FILE.json --clients 64 --seconds 4
 """
@@ -19,6 +20,8 @@ import time
 from urllib.parse import urlsplit
 
 import numpy as np
+
+from bench._harness import cpu_times, steal_pct
 
 
 class Client(asyncio.Protocol):
@@ -116,9 +119,11 @@ async def load(url: str, bodies: list[bytes], clients: int, seconds: float, warm
     await asyncio.sleep(warmup)  # every connection busy before recording starts
     run.recording = True
     started = run.window_start = time.perf_counter()
+    counters = cpu_times()
     await asyncio.sleep(seconds)
     run.recording = False
     elapsed = time.perf_counter() - started
+    stolen = steal_pct(counters, cpu_times())
     run.stopping = True
     for transport, _ in connections:
         transport.close()
@@ -129,7 +134,8 @@ async def load(url: str, bodies: list[bytes], clients: int, seconds: float, warm
             "connection_errors": run.connection_errors,
             "accepted_p50_ms": percentile_ms(ok, 50), "accepted_p99_ms": percentile_ms(ok, 99),
             "shed_p50_ms": percentile_ms(shed, 50), "shed_p99_ms": percentile_ms(shed, 99),
-            "answer_mean_ms": round(float(np.mean(ok + shed + other)) * 1000, 2) if ok or shed or other else None}
+            "answer_mean_ms": round(float(np.mean(ok + shed + other)) * 1000, 2) if ok or shed or other else None,
+            "cpu_steal_pct": stolen}
 
 
 def main() -> None:

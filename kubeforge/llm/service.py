@@ -16,7 +16,6 @@ import gc
 import logging
 import os
 import tempfile
-import threading
 from pathlib import Path
 
 import bentoml
@@ -26,6 +25,7 @@ from kubeforge.llm.settings import LLMServeConfig, parse_adapter_list
 from kubeforge.llm.tenancy.layer import fair_scheduler, layer_from_env
 from kubeforge.serving.admission import Admission
 from kubeforge.serving.frontdoor import FrontDoor, FrontDoorService
+from kubeforge.serving.lifecycle import BackgroundLoading
 from kubeforge.serving.meters import Meters
 from kubeforge.serving.readiness import WorkerReadiness
 
@@ -79,15 +79,13 @@ def _startup_adapters() -> dict[str, str]:
     logging={"access": {"enabled": False}},
 )
 @bentoml.asgi_app(LLMAPI(STATE), path="/")
-class KubeforgeLLM:
+class KubeforgeLLM(BackgroundLoading):
     """Loads the model in the background: /readyz is 503 until it is ready, /livez 503 if loading failed."""
 
     __front_door__ = staticmethod(front_door)
 
     def __init__(self) -> None:
-        self.readiness = WorkerReadiness.of_this_worker(CONFIG.workers)  # /readyz waits for every worker
-        self.readiness.loading()
-        threading.Thread(target=self._load, args=(self.readiness,), name="llm-loader", daemon=True).start()
+        self.start_loading(STATE, CONFIG.workers, self._load, "llm-loader")  # kubeforge.serving.lifecycle
 
     @staticmethod
     def _load(readiness: WorkerReadiness) -> None:
@@ -118,13 +116,3 @@ class KubeforgeLLM:
         except Exception as exc:  # surfaced through /livez and the log
             STATE.load_error = f"{type(exc).__name__}: {exc}"
             logger.error("the LLM failed to load: %s", STATE.load_error)
-
-    async def __is_ready__(self) -> bool:
-        return self.readiness.pod_ready()  # marked ready once STATE.runtime serves
-
-    async def __is_alive__(self) -> bool:
-        return STATE.load_error is None
-
-    @bentoml.on_shutdown
-    def release_readiness(self) -> None:
-        self.readiness.release()  # the worker is stopping: take its mark back (the last removes the directory)

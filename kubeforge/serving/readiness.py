@@ -5,8 +5,8 @@ them had loaded, and the requests that reached a worker still loading got 503 ju
 loads for minutes). So each worker marks itself in a directory its siblings share, named after their parent, the
 server's arbiter process, and its start time (a reused pid never sees another server's marks); a worker that is
 restarted unmarks itself before it loads again. One worker, or a process that is not a BentoML worker, needs no marks.
-Each worker takes its mark back when it stops (the services' BentoML shutdown hook) and the last one out removes the
-directory; a worker killed outright leaves its mark behind (in a pod, the temp dir goes with the pod).
+Each worker takes its mark back when it stops (the shutdown hook in kubeforge.serving.lifecycle) and the last one out
+removes the directory; a worker killed outright leaves its mark behind (in a pod, the temp dir goes with the pod).
 Shared by both services (kubeforge.serving.service, kubeforge.llm.service).
 """
 

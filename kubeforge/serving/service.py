@@ -16,7 +16,6 @@ import gc
 import logging
 import math
 import os
-import threading
 import time
 
 import bentoml
@@ -25,6 +24,7 @@ from kubeforge.config import ServeConfig
 from kubeforge.serving.admission import Admission, AdmissionPolicy
 from kubeforge.serving.frontdoor import FrontDoor, FrontDoorService
 from kubeforge.serving.http import PREDICT_PATH, Handlers, ServingState
+from kubeforge.serving.lifecycle import BackgroundLoading
 from kubeforge.serving.limits import PayloadLimit
 from kubeforge.serving.meters import LocalHistogram, Meters
 from kubeforge.serving.readiness import WorkerReadiness
@@ -97,18 +97,13 @@ def _warmup_delay(worker: int | None) -> float:
     # one log line per request costs more than an int8 inference; request counts and latency are in /metrics
     logging={"access": {"enabled": False}},
 )
-class KubeforgeClassifier:
+class KubeforgeClassifier(BackgroundLoading):
     """Loads the model in the background; /predict and /v2 are served by the front door (kubeforge.serving.http)."""
 
     __front_door__ = staticmethod(front_door)
 
     def __init__(self) -> None:
-        # Load in the background so the server answers at once: /readyz says 503 (not a connection timeout) until
-        # the model is loaded and warmed up in every worker, and /livez fails if loading failed, so Kubernetes
-        # restarts the pod.
-        self.readiness = WorkerReadiness.of_this_worker(CONFIG.workers)
-        self.readiness.loading()
-        threading.Thread(target=self._load, args=(self.readiness,), name="model-loader", daemon=True).start()
+        self.start_loading(STATE, CONFIG.workers, self._load, "model-loader")  # kubeforge.serving.lifecycle
 
     @staticmethod
     def _load(readiness: WorkerReadiness) -> None:
@@ -125,16 +120,6 @@ class KubeforgeClassifier:
         except Exception as exc:  # surfaced through /livez and the log
             STATE.load_error = f"{type(exc).__name__}: {exc}"
             logger.error("model failed to load: %s", STATE.load_error)
-
-    async def __is_ready__(self) -> bool:
-        return self.readiness.pod_ready()  # marked ready once STATE.runtime serves
-
-    async def __is_alive__(self) -> bool:
-        return STATE.load_error is None
-
-    @bentoml.on_shutdown
-    def release_readiness(self) -> None:
-        self.readiness.release()  # the worker is stopping: take its mark back (the last removes the directory)
 
 
 KubeforgeClassifier.add_asgi_middleware(PayloadLimit, max_bytes=CONFIG.max_payload_bytes)

@@ -35,16 +35,15 @@ def test_ready_only_after_the_background_load_marked_the_worker():
 
 def test_a_failed_load_makes_the_worker_not_alive():
     state = State()
+    failed = threading.Event()
 
     def load(readiness):
         state.load_error = "RuntimeError: no model"
+        failed.set()
 
     worker = BackgroundLoading()
     worker.start_loading(state, 1, load, "test-loader")
-    for _ in range(500):
-        if state.load_error:
-            break
-        threading.Event().wait(0.01)
+    assert failed.wait(5)
     assert not asyncio.run(worker.__is_alive__()) and not asyncio.run(worker.__is_ready__())
 
 

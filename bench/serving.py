@@ -266,16 +266,17 @@ def main() -> None:
         for _ in range(args.repeats):
             for clients in CLIENTS:
                 for name, (url, process) in running.items():
-                    cpu, counters = cpu_seconds(process.pid), cpu_times()
+                    cpu = cpu_seconds(process.pid)
                     if use_wrk:
+                        counters = cpu_times()
                         result = wrk_load(url, payloads, clients, args.seconds, root)
-                    else:
+                        result["cpu_steal_pct"] = steal_pct(counters, cpu_times())
+                    else:  # bench.serving_load measures the steal of its own window
                         loaded = closed_loop(url, payload_file, clients, args.seconds, False)
                         result = {"clients": clients, "requests": loaded["ok"] + loaded["shed_503"],
                                   "req_per_s": loaded["requests_per_s"], "p50_ms": loaded["accepted_p50_ms"],
-                                  "p99_ms": loaded["accepted_p99_ms"],
+                                  "p99_ms": loaded["accepted_p99_ms"], "cpu_steal_pct": loaded["cpu_steal_pct"],
                                   "errors": loaded["shed_503"] + loaded["other_status"] + loaded["connection_errors"]}
-                    result["cpu_steal_pct"] = steal_pct(counters, cpu_times())
                     result["server_cpu_us_per_request"] = round(
                         (cpu_seconds(process.pid) - cpu) * 1e6 / max(result["requests"], 1), 1)
                     runs[name][clients].append(result)

@@ -13,10 +13,13 @@ misses ``latency_target_s`` may halve it, never below ``min_concurrency``. Shedd
 only helps when the refused clients go away for a while; clients that retry at once turn each refusal into another
 request, and refusing them costs CPU and serves nobody. So a window with more than ``FUTILE_REFUSALS`` refusals per
 completion grows the limit toward its ceiling instead of shrinking it: the server then serves what it can rather
-than spending itself on 503s (a tight latency target would otherwise spiral the limit down to its floor).
+than spending itself on 503s (a tight latency target would otherwise spiral the limit down to its floor). The same
+windows say, in either mode, whether the server is shedding and whether that works (``shedding``), which the batcher
+reads: refusals are answered faster only while the refused stay away.
 
 Metrics (``kubeforge_admission_*``, labelled by service): admitted, shed by reason, timed out (counters); current
-limit, in flight, queue length (gauges, summed over a pod's workers), all through kubeforge.serving.meters.
+limit, in flight, queue length, workers whose refusals are futile (gauges, summed over a pod's workers), all through
+kubeforge.serving.meters.
 """
 
 from __future__ import annotations
@@ -45,6 +48,14 @@ SMOOTHING = 0.5  # weight of the previous limit
 # Refusals per completion beyond which shedding is futile (the refused come straight back): a 503 costs about half a
 # served request of CPU here (docs/serving.md), so at this ratio refusals take about a ninth of the worker.
 FUTILE_REFUSALS = 0.25
+# ...and at or below which shedding works (the refused stay away): apart from the other, so that a server that
+# answers refusals more slowly while they are futile (kubeforge.serving.batching) does not flip back each window
+EFFECTIVE_REFUSALS = FUTILE_REFUSALS / 4
+# What the last windows said about shedding: none in the last window ("idle"), refused who stay away ("effective"),
+# refused who come straight back ("futile": more than FUTILE_REFUSALS refusals per completion, or most refused
+# connections sending again before half their Retry-After; kept through windows without refusals, since a limit
+# raised to hold such clients refuses nobody, and only a window that refuses and sees the refused stay away can tell)
+Shedding = Literal["idle", "effective", "futile"]
 
 
 @dataclass(frozen=True)
@@ -120,6 +131,9 @@ class AdmissionMetrics:
                                 lambda: admission.in_flight, labels))
         meters.add(SampledGauge("kubeforge_admission_queue_length", "requests waiting for a slot",
                                 lambda: len(admission.queue), labels))
+        meters.add(SampledGauge("kubeforge_admission_refusals_futile",
+                                "1 per worker whose refused clients come straight back, ignoring Retry-After",
+                                lambda: int(admission.shedding == "futile"), labels))
 
 
 class Admission:
@@ -132,10 +146,12 @@ class Admission:
         # adaptive starts at the ceiling: a fresh server takes a burst, and the first windows size the limit down
         self.limit = float(policy.max_concurrency)
         self.in_flight = 0
+        self.shedding: Shedding = "idle"
         self.queue: deque[Ticket] = deque()
         self._window = max(ADAPT_WINDOW_S, policy.latency_target_s)
         self._window_start = clock()
-        self._completed, self._latency_sum, self._refused = 0, 0.0, 0
+        self._completed, self._latency_sum, self._refused, self._came_back = 0, 0.0, 0, 0
+        self._comeback_s = policy.retry_after_s / 2  # a refused client back sooner than this ignored its Retry-After
         self.metrics = AdmissionMetrics(self, meters, service) if meters is not None else None
         retry = policy.retry_after_s
         self._shed_limit = Shed(SHED_LIMIT, "overloaded: the concurrency limit is reached; retry later", retry)
@@ -193,6 +209,12 @@ class Admission:
             self.metrics.shed.inc((*self.metrics.service, refusal.reason))
         return refusal
 
+    def came_back(self, refused_at: float) -> None:
+        """A request on a connection refused at ``refused_at`` (this clock): the fast path knows its connections,
+        and tells shedding apart by whether the refused come back before their Retry-After."""
+        if self.clock() - refused_at < self._comeback_s:
+            self._came_back += 1
+
     def refuse_not_ready(self, message: str) -> Shed:
         return self.shed(Shed(SHED_NOT_READY, message, self.policy.retry_after_s))
 
@@ -214,22 +236,34 @@ class Admission:
                 self.metrics.shed.inc((*self.metrics.service, SHED_DEADLINE))
 
     def done(self, ticket: Ticket) -> None:
-        """Release the slot; the latency since arrival steers the adaptive limit."""
+        """Release the slot; the latency since arrival and the window's refusals steer the limit."""
         self.in_flight -= 1
-        if self.policy.mode == "adaptive":
-            now = self.clock()
-            self._adapt(now - ticket.arrived, now)
+        now = self.clock()
+        self._completed += 1
+        self._latency_sum += now - ticket.arrived
+        if now - self._window_start >= self._window:
+            self._close_window(now)
         if self.queue:
             self._hand_over()
 
-    def _adapt(self, latency: float, now: float) -> None:
+    def _close_window(self, now: float) -> None:
+        """Once per window: what shedding does (between the two thresholds it stays as it was), and the adaptive
+        limit."""
+        refused = self._refused
+        if refused > FUTILE_REFUSALS * self._completed or 2 * self._came_back > refused > 0:
+            self.shedding = "futile"
+        elif refused == 0:
+            if self.shedding != "futile":
+                self.shedding = "idle"
+        elif refused <= EFFECTIVE_REFUSALS * self._completed:
+            self.shedding = "effective"
+        if self.policy.mode == "adaptive":
+            self._adapt(now - self._window_start)
+        self._window_start, self._completed, self._latency_sum, self._refused, self._came_back = now, 0, 0.0, 0, 0
+
+    def _adapt(self, elapsed: float) -> None:
         """Little's law once per window: the requests that fit in the latency target at the measured completion
         rate, scaled by how far the window's mean latency is from the target; smoothed, within the bounds."""
-        self._completed += 1
-        self._latency_sum += latency
-        elapsed = now - self._window_start
-        if elapsed < self._window:
-            return
         policy = self.policy
         rate, mean = self._completed / elapsed, self._latency_sum / self._completed
         fits = rate * policy.latency_target_s
@@ -244,7 +278,6 @@ class Admission:
             target = max(fits, self.limit / 2)
         self.limit = min(float(policy.max_concurrency),
                          max(float(policy.min_concurrency), SMOOTHING * self.limit + (1 - SMOOTHING) * target))
-        self._window_start, self._completed, self._latency_sum, self._refused = now, 0, 0.0, 0
 
     def _hand_over(self) -> None:
         """Give free slots to queued requests in arrival order."""

@@ -30,7 +30,7 @@ import numpy as np
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from kubeforge.serving import oip
-from kubeforge.serving.admission import Shed, Ticket
+from kubeforge.serving.admission import SHED_NOT_READY, Shed, Ticket
 from kubeforge.serving.batching import MicroBatcher, Overloaded
 from kubeforge.serving.http import (INFERENCE_FAILED, PREDICT_PATH, Handlers, check_finite, predict_rows, retry_after,
                                     v2_answer, v2_content_type, v2_request)
@@ -152,14 +152,20 @@ class Exchange:
         self.response_complete = False
         self.disconnected = False
         route.on_request()
+        if protocol.refused_at:  # this connection's last request was refused: is the client back too soon?
+            route.handlers.state.admission.came_back(protocol.refused_at)
+            protocol.refused_at = 0.0
         # admitted or shed before a byte of the body is looked at
         self.admitted: tuple[ModelRuntime, MicroBatcher, Ticket] | Shed = route.handlers.admit_now()
         self.ticket: Ticket | None = None if isinstance(self.admitted, Shed) else self.admitted[2]
 
     def refuse_if_shed(self) -> None:
         """A shed request is answered at once, before its body arrives (the rest of it is parsed and dropped)."""
-        if isinstance(self.admitted, Shed):
-            self.respond(503, self.route.refusal(self.admitted.message), retry_after(self.admitted))
+        shed = self.admitted
+        if isinstance(shed, Shed):
+            if shed.reason != SHED_NOT_READY:
+                self.protocol.refused_at = self.route.handlers.state.admission.clock()
+            self.respond(503, self.route.refusal(shed.message), retry_after(shed))
 
     def body(self, chunk: bytes) -> None:
         if not self.response_complete:
@@ -236,6 +242,7 @@ class FastPathProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, answering the routes in ROUTES itself when the request is plain."""
 
     exchange: Exchange | None = None
+    refused_at = 0.0  # when this connection's last request was shed (0: it was not)
 
     def on_headers_complete(self) -> None:
         route = ROUTES.get(self.url)

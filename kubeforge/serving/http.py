@@ -49,8 +49,9 @@ class ServingState:
 
     def serve(self, runtime: ModelRuntime, on_batch: Callable[[int], None] | None = None) -> None:
         config = runtime.config
-        self.batcher = MicroBatcher(runtime.predict_proba, config.max_batch_size, on_batch,
-                                    clock=self.admission.clock)
+        admission = self.admission
+        self.batcher = MicroBatcher(runtime.predict_proba, config.max_batch_size, on_batch, clock=admission.clock,
+                                    yield_between=lambda: admission.shedding == "effective")
         self.model_json = json.dumps(runtime.describe(), separators=(",", ":")).encode()
         self._documents.clear()
         self.runtime = runtime  # last: a request sees a runtime only once everything else is in place

@@ -51,6 +51,7 @@ def test_metrics_count_admitted_shed_by_reason_and_timed_out_and_sample_the_gaug
     assert value("kubeforge_admission_in_flight", {"service": "test"}) == 1
     assert value("kubeforge_admission_limit", {"service": "test"}) == 1
     assert value("kubeforge_admission_queue_length", {"service": "test"}) == 0
+    assert value("kubeforge_admission_refusals_futile", {"service": "test"}) == 0
 
 
 def test_late_is_false_until_the_deadline_passes():
@@ -160,6 +161,50 @@ def test_refusals_that_come_straight_back_grow_the_limit_instead_of_spiralling_i
     assert admission.current_limit == 200  # shedding is futile: serve what it can, up to the ceiling
     closed_loop(admission, clock, 0.02, windows=10)  # the crowd is gone: back to what the target allows
     assert admission.current_limit < 200 / 8
+
+
+
+@pytest.mark.parametrize("mode", ["fixed", "adaptive"])
+def test_shedding_says_whether_the_refused_stay_away(mode):
+    """What the batcher reads to decide whether a faster 503 helps; in either mode, with a gap between the thresholds
+    so that answering futile refusals more slowly (fewer of them per window) does not flip it back."""
+    clock = Clock()
+    admission = Admission(AdmissionPolicy(max_concurrency=100, min_concurrency=100, mode=mode, latency_target_s=0.05),
+                          clock=clock)
+    closed_loop(admission, clock, 0.01, windows=3)
+    assert admission.shedding == "idle"  # nobody refused
+    closed_loop(admission, clock, 0.01, windows=3, refused_per_admitted=0.05)  # polite clients: a few refused
+    assert admission.shedding == "effective"
+    closed_loop(admission, clock, 0.01, windows=3, refused_per_admitted=2)  # the refused come straight back
+    assert admission.shedding == "futile"
+    closed_loop(admission, clock, 0.01, windows=3, refused_per_admitted=0.2)  # fewer now, still coming back
+    assert admission.shedding == "futile"
+    closed_loop(admission, clock, 0.01, windows=3)  # nobody refused: nothing says they would stay away now
+    assert admission.shedding == "futile"
+    closed_loop(admission, clock, 0.01, windows=3, refused_per_admitted=0.05)
+    assert admission.shedding == "effective"
+    closed_loop(admission, clock, 0.01, windows=3)
+    assert admission.shedding == "idle"
+
+
+
+def test_refused_connections_back_before_their_retry_after_make_shedding_futile_at_any_refusal_rate():
+    clock = Clock()
+    admission = Admission(fixed(100, retry_after_s=1), clock=clock)
+    closed_loop(admission, clock, 0.01, windows=2, refused_per_admitted=0.05)
+    assert admission.shedding == "effective"  # few refusals, and nobody said they came back
+    refused_at = clock.now
+    clock.now += 0.4  # before half the Retry-After: the refused did not wait
+    for _ in range(50):
+        admission.came_back(refused_at)
+    closed_loop(admission, clock, 0.01, windows=1, refused_per_admitted=0.05)
+    assert admission.shedding == "futile"
+    refused_at = clock.now
+    clock.now += 0.6  # after half of it: they waited
+    for _ in range(50):
+        admission.came_back(refused_at)
+    closed_loop(admission, clock, 0.01, windows=1, refused_per_admitted=0.05)
+    assert admission.shedding == "effective"
 
 
 def test_refusals_before_the_model_is_ready_do_not_steer_the_limit():

@@ -4,7 +4,7 @@ import time
 import numpy as np
 import pytest
 
-from kubeforge.serving.batching import MicroBatcher, Overloaded
+from kubeforge.serving.batching import ANSWERS_PER_TURN, MicroBatcher, Overloaded
 
 
 class Recorder:
@@ -101,3 +101,30 @@ def test_a_failing_model_fails_its_requests_and_the_batcher_keeps_serving():
         return await batcher.predict(rows(3.0))
 
     assert np.array_equal(asyncio.run(scenario()), rows(3.0))
+
+
+
+@pytest.mark.parametrize("yield_between, answered_before_the_loop_reads",
+                         [(lambda: True, ANSWERS_PER_TURN), (lambda: False, 40), (None, 40)])
+def test_while_shedding_works_the_loop_gets_a_turn_every_few_answers(yield_between, answered_before_the_loop_reads):
+    """A callback the loop got meanwhile (a socket read: a refusal to send) runs after ANSWERS_PER_TURN answers, not
+    after the whole queue; when yield_between says no (refusals are futile), or there is none, the queue is answered
+    in one go."""
+    seen = []
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in range(40)]
+
+        def model(X: np.ndarray) -> np.ndarray:
+            loop.call_soon(lambda: seen.append(sum(future.done() for future in futures)))  # "a request arrived"
+            return X / X.sum(axis=1, keepdims=True)
+
+        batcher = MicroBatcher(model, max_batch_size=64, yield_between=yield_between)
+        for index, future in enumerate(futures):
+            batcher.submit(rows(float(index + 1)), future)
+        answers = await asyncio.gather(*futures)
+        assert batcher.calls == 1 and all(np.allclose(answer.sum(), 1.0) for answer in answers)
+
+    asyncio.run(scenario())
+    assert seen == [answered_before_the_loop_reads]

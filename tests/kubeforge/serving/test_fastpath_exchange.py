@@ -22,6 +22,7 @@ class Protocol:
     def __init__(self):
         self.written: list[tuple[int, bytes, list | None, bytes]] = []
         self.closed = False
+        self.refused_at = 0.0
         self.transport = self
 
     def write_response(self, status, body, headers, content_type, keep_alive):
@@ -117,6 +118,29 @@ def test_a_shed_request_is_answered_before_its_body_and_the_body_is_dropped():
     (status, body, headers, _), = protocol.written
     assert status == 503 and retry_after(headers) == 1 and "still loading" in json.loads(body)[0]["error"]
     assert request.chunks == [] and recorded == [("/predict", 503)]
+
+
+def test_a_connection_refused_by_the_limit_is_remembered_until_its_next_request():
+    """How admission tells clients that come straight back from those that stay away (kubeforge.serving.admission's
+    ``shedding``): the connection keeps when it was refused; its next request reports it, once."""
+    async def scenario():
+        fast, _ = route(limit=1)
+        admission = fast.handlers.state.admission
+        holder, _ = exchange(fast, None)  # takes the only slot
+        _, protocol = exchange(fast, None)
+        assert protocol.written[0][0] == 503 and 0 < protocol.refused_at <= admission.clock()
+        marked, reported = protocol.refused_at, []
+        admission.came_back = reported.append  # type: ignore[method-assign]
+        again = Exchange(protocol, fast, [], keep_alive=True)  # type: ignore[arg-type]
+        assert reported == [marked] and protocol.refused_at == 0.0
+        again.refuse_if_shed()  # the slot is still held: refused again, remembered again
+        assert protocol.written[1][0] == 503 and protocol.refused_at >= marked
+        holder.abandon()
+        not_ready, idle = route(loaded=False)[0], Protocol()
+        Exchange(idle, not_ready, [], keep_alive=True).refuse_if_shed()  # type: ignore[arg-type]
+        assert idle.written[0][0] == 503 and idle.refused_at == 0.0  # loading is not overload: nothing to steer
+
+    run(scenario())
 
 
 def test_a_bad_body_is_refused_naming_the_problem_and_frees_its_slot():

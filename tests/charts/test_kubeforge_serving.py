@@ -109,10 +109,11 @@ def test_serving_values_are_exactly_the_serve_config(render):
 
 def test_admission_settings_reach_the_pod(render):
     env = {e["name"]: e["value"] for e in pod_spec(render.objects(
-        "--set", "serving.limit_mode=fixed", "--set", "serving.max_queue=32", "--set", "serving.model_name=digits"))[
-        "containers"][0]["env"]}
+        "--set", "serving.limit_mode=fixed", "--set", "serving.max_queue=32", "--set", "serving.model_name=digits",
+        "--set-json", "serving.latency_target_ms=2.5"))["containers"][0]["env"]}
     config = ServeConfig.from_env(env)
     assert (config.limit_mode, config.max_queue, config.model_name) == ("fixed", 32, "digits")
+    assert config.latency_target_ms == 2.5  # sized from a measured median, not rounded up to whole ms
 
 
 def test_the_hpa_scales_on_admission_metrics_only_when_asked(render):

@@ -286,7 +286,7 @@ def main() -> None:
         else:
             saturating, sweep, saturated_p50 = saturation(running[ours][0], payload_file)
         target_ms = sized_target_ms(saturated_p50)
-        sized = f"kubeforge, latency_target_ms={target_ms} (the saturated median, as docs/serving.md sizes it)"
+        sized = f"kubeforge, latency_target_ms={target_ms} (the saturated median + 40 %, as docs/serving.md sizes it)"
         servers[sized] = (bentoml, {**served, "KUBEFORGE_SERVE_LATENCY_TARGET_MS": str(target_ms)})
         launch([sized])
         polite = {name: running[name] for name in (ours, sized, naive)}

@@ -12,8 +12,10 @@ misses ``latency_target_s`` may halve it, never below ``min_concurrency``. Shedd
 503 with Retry-After: microseconds, so an overloaded server spends its CPU on the requests it admitted. Shedding
 only helps when the refused clients go away for a while; clients that retry at once turn each refusal into another
 request, and refusing them costs CPU and serves nobody. So a window with more than ``FUTILE_REFUSALS`` refusals per
-completion grows the limit toward its ceiling instead of shrinking it: the server then serves what it can rather
-than spending itself on 503s (a tight latency target would otherwise spiral the limit down to its floor). The same
+completion, or (on the fast path, which knows its connections) whose refused mostly came back before half their
+Retry-After, grows the limit toward its ceiling instead of shrinking it, and for ``FUTILE_HOLD_S`` after it the limit
+does not shrink: the server then serves what it can rather than spending itself on 503s (a tight latency target
+would otherwise spiral the limit down to its floor, or saw it up and down, refusing on every other window). The same
 windows say, in either mode, whether the server is shedding and whether that works (``shedding``), which the batcher
 reads: refusals are answered faster only while the refused stay away.
 
@@ -51,6 +53,9 @@ FUTILE_REFUSALS = 0.25
 # ...and at or below which shedding works (the refused stay away): apart from the other, so that a server that
 # answers refusals more slowly while they are futile (kubeforge.serving.batching) does not flip back each window
 EFFECTIVE_REFUSALS = FUTILE_REFUSALS / 4
+# After a window whose refused came straight back, the adaptive limit does not shrink for this long (it may grow):
+# such clients are still there, and each shrink would only refuse them again (a refusal storm every other window)
+FUTILE_HOLD_S = 1.0
 # What the last windows said about shedding: none in the last window ("idle"), refused who stay away ("effective"),
 # refused who come straight back ("futile": more than FUTILE_REFUSALS refusals per completion, or most refused
 # connections sending again before half their Retry-After; kept through windows without refusals, since a limit
@@ -151,6 +156,7 @@ class Admission:
         self._window = max(ADAPT_WINDOW_S, policy.latency_target_s)
         self._window_start = clock()
         self._completed, self._latency_sum, self._refused, self._came_back = 0, 0.0, 0, 0
+        self._hold_until = -math.inf  # the adaptive limit does not shrink before this (FUTILE_HOLD_S)
         self._comeback_s = policy.retry_after_s / 2  # a refused client back sooner than this ignored its Retry-After
         self.metrics = AdmissionMetrics(self, meters, service) if meters is not None else None
         retry = policy.retry_after_s
@@ -250,29 +256,30 @@ class Admission:
         """Once per window: what shedding does (between the two thresholds it stays as it was), and the adaptive
         limit."""
         refused = self._refused
-        if refused > FUTILE_REFUSALS * self._completed or 2 * self._came_back > refused > 0:
+        futile = refused > FUTILE_REFUSALS * self._completed or 2 * self._came_back > refused > 0
+        if futile:
             self.shedding = "futile"
+            self._hold_until = now + FUTILE_HOLD_S
         elif refused == 0:
             if self.shedding != "futile":
                 self.shedding = "idle"
         elif refused <= EFFECTIVE_REFUSALS * self._completed:
             self.shedding = "effective"
         if self.policy.mode == "adaptive":
-            self._adapt(now - self._window_start)
+            self._adapt(now - self._window_start, futile, now)
         self._window_start, self._completed, self._latency_sum, self._refused, self._came_back = now, 0, 0.0, 0, 0
 
-    def _adapt(self, elapsed: float) -> None:
+    def _adapt(self, elapsed: float, futile: bool, now: float) -> None:
         """Little's law once per window: the requests that fit in the latency target at the measured completion
         rate, scaled by how far the window's mean latency is from the target; smoothed, within the bounds."""
         policy = self.policy
         rate, mean = self._completed / elapsed, self._latency_sum / self._completed
         fits = rate * policy.latency_target_s
-        if self._refused > FUTILE_REFUSALS * self._completed:
-            # the refused are not staying away: double (smoothed: x1.5) toward the ceiling
+        if futile:  # the refused are not staying away: double (smoothed: x1.5) toward the ceiling
             target = 2 * self.limit
-        elif mean <= policy.latency_target_s:
+        elif mean <= policy.latency_target_s or now < self._hold_until:
             # an unsaturated server (the limit did not hold anyone back) may grow toward what fits; never shrink it
-            # for serving fast
+            # for serving fast, nor while clients that came straight back are likely still there
             target = max(fits, self.limit)
         else:  # requests miss the target: toward what fits, halving at most per window
             target = max(fits, self.limit / 2)

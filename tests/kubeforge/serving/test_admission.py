@@ -159,8 +159,31 @@ def test_refusals_that_come_straight_back_grow_the_limit_instead_of_spiralling_i
     assert admission.current_limit <= shrunk  # still too slow: the limit does not grow
     closed_loop(admission, clock, 0.02, windows=10, refused_per_admitted=3)  # three refused per served
     assert admission.current_limit == 200  # shedding is futile: serve what it can, up to the ceiling
-    closed_loop(admission, clock, 0.02, windows=10)  # the crowd is gone: back to what the target allows
+    closed_loop(admission, clock, 0.02, windows=5)  # half a second later
+    assert admission.current_limit == 200  # such clients are likely still there: shrinking would refuse them again
+    closed_loop(admission, clock, 0.02, windows=15)  # the crowd is gone: back to what the target allows
     assert admission.current_limit < 200 / 8
+
+
+def test_refused_connections_that_came_straight_back_grow_the_limit_and_hold_it_at_any_refusal_rate():
+    """Otherwise a limit a little below the clients saws up and down: each shrink refuses them, they come back."""
+    clock = Clock()
+    policy = AdmissionPolicy(max_concurrency=200, min_concurrency=4, mode="adaptive", latency_target_s=0.005,
+                             retry_after_s=1)
+    admission = Admission(policy, clock=clock)
+    closed_loop(admission, clock, 0.02, windows=10)
+    shrunk = admission.current_limit
+    assert shrunk < 200 / 8
+    refused_at = clock.now
+    for _ in range(20):  # the fast path reports each refused connection's next request, here at once
+        admission.came_back(refused_at)
+    closed_loop(admission, clock, 0.02, windows=1, refused_per_admitted=0.1)  # few refusals per completion
+    grown = admission.current_limit
+    assert grown > shrunk
+    closed_loop(admission, clock, 0.02, windows=5)  # half a second later, still too slow for the target
+    assert admission.current_limit >= grown
+    closed_loop(admission, clock, 0.02, windows=15)
+    assert admission.current_limit < grown
 
 
 

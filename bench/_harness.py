@@ -150,6 +150,21 @@ def wait_ready(url: str, process: subprocess.Popen, timeout: float, log: Path | 
     raise RuntimeError(f"{url} not ready after {timeout} s: {tail()}")
 
 
+def cpu_split() -> tuple[set[int], set[int]]:
+    """The CPUs this process may use, halved: the first half for the servers under test, the rest for the load
+    generator, so that the client's CPU is not taken from the server, as when its clients are other machines."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise ValueError(f"pinning servers and load generator apart needs 2 CPUs; this process may use {len(cpus)}")
+    half = len(cpus) // 2
+    return set(cpus[:half]), set(cpus[half:])
+
+
+def on_cpus(cpus: set[int] | None) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that runs a child on ``cpus`` (its threads and children inherit them); None: anywhere."""
+    return None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
+
+
 def process_tree(pid: int) -> list[int]:
     """A process and all its descendants (BentoML runs workers under an arbiter); Linux /proc only."""
     tree, pending = [], [pid]
@@ -162,6 +177,18 @@ def process_tree(pid: int) -> list[int]:
             continue
         tree.append(current)
     return tree
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of a process and all its descendants."""
+    total = 0.0
+    for current in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
 
 
 def stop(process: subprocess.Popen) -> None:

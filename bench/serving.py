@@ -10,7 +10,9 @@ Also measured: (a) with its fast path off (``KUBEFORGE_SERVE_FAST_PATH=false``: 
 null httptools protocol answering a constant from its parser callbacks (the floor below ASGI that kubeforge's fast
 path stands on; with httptools only).
 All serve (or pretend to serve) the MLP 64-1024-1024-10 trained on digits and get identical payloads, one digits row
-per request. Loopback only; the load generator shares the 2 cores with the server under test.
+per request. Loopback only; the load generator shares the 2 cores with the server under test, or with ``--pin``
+runs on its own half of them (the servers on the other half, each alone while it is measured: the others idle), as
+when the clients are other machines; the figures then go to bench/results/serving_pinned.json.
 
 Part 1, equal workers: wrk (`apt-get install wrk`; else bench.serving_load) at 1, 16 and 64 connections for a
 fixed duration; throughput, p50/p99, errors and the server's CPU per request. Targets at 64: kubeforge >= 3x naive and
@@ -27,7 +29,7 @@ recorded before and after, and each run's CPU steal (the share of the machine th
 since the machine is shared; the overload goodput targets are also given per repeat (each repeat's levels against
 that repeat's best), which a neighbour slowing a whole repeat does not move.
 
-    python -m bench.serving [--seconds 5] [--overload-seconds 3] [--repeats 3] [--stack auto|h11]
+    python -m bench.serving [--seconds 5] [--overload-seconds 3] [--repeats 3] [--stack auto|h11] [--pin]
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-from bench._harness import cpu_times, free_port, process_tree, steal_pct, stop, versions, wait_ready, write
+from bench._harness import (cpu_seconds, cpu_split, cpu_times, free_port, on_cpus, steal_pct, stop, versions,
+                            wait_ready, write)
 from bench.serving_overload import (MODES, closed_loop, median_of, overload_targets, run_overload, saturation,
                                      sized_target_ms)
 
@@ -144,13 +147,15 @@ end
 """
 
 
-def wrk_load(url: str, payloads: list[bytes], clients: int, seconds: int, workdir: Path) -> dict:
+def wrk_load(url: str, payloads: list[bytes], clients: int, seconds: int, workdir: Path,
+             cpus: set[int] | None = None) -> dict:
     bodies = ", ".join("[=[" + body.decode() + "]=]" for body in payloads[:64])  # JSON holds "]]"
     script = workdir / "post.lua"
     script.write_text(WRK_SCRIPT.format(bodies=bodies))
     threads = min(2, clients)
     done = subprocess.run(["wrk", f"-t{threads}", f"-c{clients}", f"-d{seconds}s", "--timeout", "10s", "-s",
-                           str(script), url], capture_output=True, text=True, check=True, start_new_session=True)
+                           str(script), url], capture_output=True, text=True, check=True, start_new_session=True,
+                          preexec_fn=on_cpus(cpus))
     line = next(line for line in done.stdout.splitlines() if line.startswith("RESULT"))
     requests, status_errors, socket_errors, p50, p99, duration_us = line.split()[1:]
     elapsed = int(duration_us) / 1e6
@@ -182,24 +187,12 @@ def prepare_models(root: Path) -> tuple[Path, Path, list[bytes]]:
     return root / "fp32", root / "int8", payloads
 
 
-def start(command: list[str], env: dict, log: Path) -> subprocess.Popen:
+def start(command: list[str], env: dict, log: Path, cpus: set[int] | None = None) -> subprocess.Popen:
     """Each server in its own session, as BentoML's workers are: with the kernel's autogroup scheduling a session is
     one scheduling group, so a server sharing the benchmark's session would share its CPU share with the load
     generator."""
     return subprocess.Popen(command, env={**os.environ, **env}, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU time of a process and all its descendants."""
-    total = 0.0
-    for current in process_tree(pid):
-        try:
-            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except (OSError, IndexError, ValueError):
-            continue
-    return total
+                            start_new_session=True, preexec_fn=on_cpus(cpus))
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -219,7 +212,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per level; medians are reported")
     parser.add_argument("--stack", choices=("auto", "h11"), default="auto")
     parser.add_argument("--saturation", type=int, default=0, help="clients that saturate kubeforge (0: measure)")
+    parser.add_argument("--pin", action="store_true",
+                        help="servers on the first half of the CPUs, the load generator on the rest")
     args = parser.parse_args()
+    try:
+        server_cpus, client_cpus = cpu_split() if args.pin else (None, None)
+    except ValueError as exc:
+        parser.error(str(exc))
     use_wrk = shutil.which("wrk") is not None
     bentoml = [str(Path(sys.executable).parent / "bentoml"), "serve", "kubeforge.serving.service:KubeforgeClassifier",
                "--host", "127.0.0.1", "--port", "{port}"]
@@ -253,13 +252,13 @@ def main() -> None:
                 command, env = servers[name]
                 port = free_port()
                 process = start([str(port) if part == "{port}" else part for part in command],
-                                {**env, **stack_env}, root / f"{port}.log")
+                                {**env, **stack_env}, root / f"{port}.log", server_cpus)
                 stack.callback(stop, process)
                 running[name] = (f"http://127.0.0.1:{port}", process)
             for name in names:
                 url, process = running[name]
                 wait_ready(url, process, STARTUP_TIMEOUT_S)
-                closed_loop(url, payload_file, 8, 1, False)
+                closed_loop(url, payload_file, 8, 1, False, client_cpus)
 
         launch(list(servers))
         runs.update({name: {clients: [] for clients in CLIENTS} for name in servers})
@@ -269,10 +268,10 @@ def main() -> None:
                     cpu = cpu_seconds(process.pid)
                     if use_wrk:
                         counters = cpu_times()
-                        result = wrk_load(url, payloads, clients, args.seconds, root)
+                        result = wrk_load(url, payloads, clients, args.seconds, root, client_cpus)
                         result["cpu_steal_pct"] = steal_pct(counters, cpu_times())
                     else:  # bench.serving_load measures the steal of its own window
-                        loaded = closed_loop(url, payload_file, clients, args.seconds, False)
+                        loaded = closed_loop(url, payload_file, clients, args.seconds, False, client_cpus)
                         result = {"clients": clients, "requests": loaded["ok"] + loaded["shed_503"],
                                   "req_per_s": loaded["requests_per_s"], "p50_ms": loaded["accepted_p50_ms"],
                                   "p99_ms": loaded["accepted_p99_ms"], "cpu_steal_pct": loaded["cpu_steal_pct"],
@@ -282,9 +281,9 @@ def main() -> None:
                     runs[name][clients].append(result)
         if args.saturation:
             saturating, sweep, saturated_p50 = args.saturation, {}, closed_loop(
-                running[ours][0], payload_file, args.saturation, 2, False)["accepted_p50_ms"]
+                running[ours][0], payload_file, args.saturation, 2, False, client_cpus)["accepted_p50_ms"]
         else:
-            saturating, sweep, saturated_p50 = saturation(running[ours][0], payload_file)
+            saturating, sweep, saturated_p50 = saturation(running[ours][0], payload_file, cpus=client_cpus)
         target_ms = sized_target_ms(saturated_p50)
         sized = f"kubeforge, latency_target_ms={target_ms} (the saturated median + 40 %, as docs/serving.md sizes it)"
         servers[sized] = (bentoml, {**served, "KUBEFORGE_SERVE_LATENCY_TARGET_MS": str(target_ms)})
@@ -292,7 +291,7 @@ def main() -> None:
         polite = {name: running[name] for name in (ours, sized, naive)}
         floor = {null_protocol: running[null_protocol]} if null_protocol in running else {}
         overload_results = run_overload({MODES[0]: {**polite, **floor}, MODES[1]: polite}, payload_file, saturating,
-                                        args.overload_seconds, args.repeats)
+                                        args.overload_seconds, args.repeats, client_cpus)
     results = {name: [summarize(levels[clients]) for clients in CLIENTS] for name, levels in runs.items()}
     floor_levels = overload_results[MODES[0]].get(null_protocol, [])
     top = {name: levels[-1]["req_per_s"] for name, levels in results.items()}
@@ -301,9 +300,12 @@ def main() -> None:
         return [round(x["req_per_s"] / y["req_per_s"], digits) for x, y in zip(runs[a][64], runs[b][64], strict=True)]
     stack_used = "asyncio + h11" if args.stack == "h11" else (
         "uvloop + httptools" if versions("uvloop", "httptools")["httptools"] != "not installed" else "asyncio + h11")
-    write("serving", {
+    placement = (f"servers on CPU {sorted(server_cpus)}, load generator on CPU {sorted(client_cpus)}"
+                 if server_cpus else "servers and load generator share every CPU")
+    write("serving_pinned" if args.pin else "serving", {
         "load_generator": ("wrk" if use_wrk else "bench.serving_load") + " (part 1), bench.serving_load (part 2); "
-                          "one digits row per request, same machine (shares the 2 cores with the server under test)",
+                          "one digits row per request, same machine",
+        "cpu_placement": placement,
         "http_stack": stack_used, "stack_versions": versions("uvicorn", "uvloop", "httptools", "h11"),
         "load_average_1min": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
         "equal_workers": {
@@ -328,7 +330,7 @@ def main() -> None:
                      "floor_null_protocol_littles_law_cycle_ms": [level["littles_law_cycle_ms"]
                                                                   for level in floor_levels]},
     }, command=f"python -m bench.serving --seconds {args.seconds} --overload-seconds {args.overload_seconds} "
-               f"--repeats {args.repeats} --stack {args.stack}")
+               f"--repeats {args.repeats} --stack {args.stack}" + (" --pin" if args.pin else ""))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ previous answer arrived (``--honour-retry-after``: as long after a 503 as its ``
 ``Retry-After`` seconds, say, as OpenAI's clients do).
 Raw asyncio protocols on uvloop when installed: about 15-25 µs of client CPU per request, so it shares the cores with
 the server under test as lightly as Python allows. Prints one JSON object, with the share of the machine's CPU
-stolen by the hypervisor during the window (``cpu_steal_pct``).
+stolen by the hypervisor during the window (``cpu_steal_pct``), the load generator's own CPU (``client_cpu_pct``, of
+one core) and, given ``--server-pid``, the server's (``server_cpu_pct``, its process tree): on a machine the two
+share, what the clients take is not the server's.
 
     python -m bench.serving_load URL --payloads FILE.json --clients 64 --seconds 4
 """
@@ -21,7 +23,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from bench._harness import cpu_times, steal_pct
+from bench._harness import cpu_seconds, cpu_times, steal_pct
 
 
 class Client(asyncio.Protocol):
@@ -106,7 +108,7 @@ def percentile_ms(values: list[float], q: float) -> float | None:
 
 
 async def load(url: str, bodies: list[bytes], clients: int, seconds: float, warmup: float,
-               honour_retry_after: bool) -> dict:
+               honour_retry_after: bool, server_pid: int | None = None) -> dict:
     parts = urlsplit(url)
     run = Run(http_requests(url, bodies), honour_retry_after)
     loop = asyncio.get_running_loop()
@@ -119,11 +121,13 @@ async def load(url: str, bodies: list[bytes], clients: int, seconds: float, warm
     await asyncio.sleep(warmup)  # every connection busy before recording starts
     run.recording = True
     started = run.window_start = time.perf_counter()
-    counters = cpu_times()
+    counters, own = cpu_times(), time.process_time()
+    server = cpu_seconds(server_pid) if server_pid else 0.0
     await asyncio.sleep(seconds)
     run.recording = False
     elapsed = time.perf_counter() - started
-    stolen = steal_pct(counters, cpu_times())
+    stolen, own = steal_pct(counters, cpu_times()), time.process_time() - own
+    server = cpu_seconds(server_pid) - server if server_pid else None
     run.stopping = True
     for transport, _ in connections:
         transport.close()
@@ -135,7 +139,8 @@ async def load(url: str, bodies: list[bytes], clients: int, seconds: float, warm
             "accepted_p50_ms": percentile_ms(ok, 50), "accepted_p99_ms": percentile_ms(ok, 99),
             "shed_p50_ms": percentile_ms(shed, 50), "shed_p99_ms": percentile_ms(shed, 99),
             "answer_mean_ms": round(float(np.mean(ok + shed + other)) * 1000, 2) if ok or shed or other else None,
-            "cpu_steal_pct": stolen}
+            "cpu_steal_pct": stolen, "client_cpu_pct": round(100 * own / elapsed, 1),
+            "server_cpu_pct": round(100 * server / elapsed, 1) if server is not None else None}
 
 
 def main() -> None:
@@ -146,6 +151,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4)
     parser.add_argument("--warmup", type=float, default=0.5)
     parser.add_argument("--honour-retry-after", action="store_true")
+    parser.add_argument("--server-pid", type=int, help="measure this process tree's CPU during the window")
     args = parser.parse_args()
     bodies = [body.encode() for body in json.loads(open(args.payloads).read())]
     try:
@@ -155,7 +161,7 @@ def main() -> None:
     except ImportError:
         runner = asyncio.run
     print(json.dumps(runner(load(args.url, bodies, args.clients, args.seconds, args.warmup,
-                                 args.honour_retry_after))))
+                                 args.honour_retry_after, args.server_pid))))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench._harness import process_tree
+from bench._harness import on_cpus, process_tree
 
 OVERLOAD_FACTORS = (1, 2, 8, 16)
 SATURATION_SWEEP = (1, 2, 4, 8, 16, 32)
@@ -24,11 +24,14 @@ MODES = ("retry at once", "honour Retry-After")
 HEADROOM = 0.4  # the sized latency target's margin over the saturated median (docs/serving.md)
 
 
-def closed_loop(url: str, payloads: Path, clients: int, seconds: float, honour: bool) -> dict:
+def closed_loop(url: str, payloads: Path, clients: int, seconds: float, honour: bool,
+                cpus: set[int] | None = None, server_pid: int | None = None) -> dict:
+    """One run of bench.serving_load, on ``cpus`` when given (else anywhere), measuring ``server_pid``'s CPU."""
     command = [sys.executable, "-m", "bench.serving_load", url + "/predict", "--payloads", str(payloads),
-               "--clients", str(clients), "--seconds", str(seconds)] + (["--honour-retry-after"] if honour else [])
+               "--clients", str(clients), "--seconds", str(seconds)] + (["--honour-retry-after"] if honour else []) \
+        + ([f"--server-pid={server_pid}"] if server_pid else [])
     done = subprocess.run(command, capture_output=True, text=True, check=True, start_new_session=True,
-                          cwd=Path(__file__).parent.parent)
+                          cwd=Path(__file__).parent.parent, preexec_fn=on_cpus(cpus))
     return json.loads(done.stdout)
 
 
@@ -50,28 +53,29 @@ def median_of(runs: list[dict], key: str) -> float | None:
     return round(statistics.median(values), 2) if values else None
 
 
-def saturation(url: str, payloads: Path, sweeps: int = 3) -> tuple[int, dict[int, float], float]:
+def saturation(url: str, payloads: Path, sweeps: int = 3,
+               cpus: set[int] | None = None) -> tuple[int, dict[int, float], float]:
     """The saturating client count, each level's goodput, and the median latency there. The sweep runs ``sweeps``
-    times and keeps each level's best run: on a shared machine noise only ever lowers goodput, and one unlucky 2 s
-    run must not make a small level look saturating."""
-    best: dict[int, dict] = {}
+    times; the level is chosen from each level's best run (on a shared machine noise only ever lowers goodput, and
+    one unlucky 2 s run must not make a small level look saturating), the latency is the median over the sweeps at
+    that level: for closed-loop clients the best run is also the one with the least latency, and a target sized from
+    the luckiest run is too tight for the typical one."""
+    runs: dict[int, list[dict]] = {clients: [] for clients in SATURATION_SWEEP}
     for _ in range(sweeps):
         for clients in SATURATION_SWEEP:
-            run = closed_loop(url, payloads, clients, 2, False)
-            if clients not in best or run["goodput_per_s"] > best[clients]["goodput_per_s"]:
-                best[clients] = run
-    goodput = {clients: run["goodput_per_s"] for clients, run in best.items()}
+            runs[clients].append(closed_loop(url, payloads, clients, 2, False, cpus))
+    goodput = {clients: max(run["goodput_per_s"] for run in levels) for clients, levels in runs.items()}
     top = max(goodput.values())
     saturating = next(c for c in SATURATION_SWEEP if goodput[c] >= 0.9 * top)
-    return saturating, goodput, best[saturating]["accepted_p50_ms"]
+    return saturating, goodput, median_of(runs[saturating], "accepted_p50_ms")
 
 
-def sized_target_ms(saturated_p50_ms: float) -> float:
+def sized_target_ms(saturated_p50_ms: float, headroom: float = HEADROOM) -> float:
     """As docs/serving.md sizes it: the median latency at the concurrency that saturates the server, plus
     ``HEADROOM``, to 0.1 ms. By Little's law the adaptive limit then settles a little above that concurrency
     (admitting more adds waiting, not goodput), and the margin keeps noisy windows from holding it below. Rounded up
     to whole ms, as before the target took fractions, the margin was anything from 9 to 45 % between runs."""
-    return round(max(0.1, (1 + HEADROOM) * saturated_p50_ms), 1)
+    return round(max(0.1, (1 + headroom) * saturated_p50_ms), 1)
 
 
 def littles_law_cycle_ms(clients: int, answers_per_s: float | None) -> float | None:
@@ -84,8 +88,11 @@ def littles_law_cycle_ms(clients: int, answers_per_s: float | None) -> float | N
 
 
 def summarize_overload(runs: list[dict], factor: int) -> dict:
+    for run in runs:
+        run["goodput_per_server_cpu_s"] = round(100 * run["goodput_per_s"] / run["server_cpu_pct"]) \
+            if run.get("server_cpu_pct") else None
     keys = ("goodput_per_s", "requests_per_s", "accepted_p50_ms", "accepted_p99_ms", "shed_p50_ms", "shed_p99_ms",
-            "answer_mean_ms", "rss_mb", "cpu_steal_pct")
+            "answer_mean_ms", "rss_mb", "cpu_steal_pct", "server_cpu_pct", "client_cpu_pct", "goodput_per_server_cpu_s")
     middle = {key: median_of(runs, key) for key in keys}
     return {"factor": factor, "clients": runs[0]["clients"], **middle,
             "littles_law_cycle_ms": littles_law_cycle_ms(runs[0]["clients"], middle["requests_per_s"]),
@@ -113,6 +120,13 @@ def overload_targets(ours: list[dict], naive: list[dict]) -> dict:
         "goodput_at_8x_16x_ge_85pct_of_peak": all(level["goodput_per_s"] >= 0.85 * peak for level in high),
         "goodput_at_8x_16x_pct_of_peak": [round(100 * level["goodput_per_s"] / peak, 1) for level in high],
         "goodput_at_8x_16x_pct_of_peak_per_repeat": [pct_of_peak_per_repeat(ours, level) for level in high],
+        # answers per second of the server's own CPU: where the clients share its cores, what it keeps of its
+        # efficiency under overload, apart from the CPU they take
+        "goodput_per_server_cpu_at_8x_16x_pct_of_1x": [
+            round(100 * level["goodput_per_server_cpu_s"] / base["goodput_per_server_cpu_s"], 1)
+            if level["goodput_per_server_cpu_s"] and base["goodput_per_server_cpu_s"] else None for level in high],
+        "server_cpu_pct_by_level": [level["server_cpu_pct"] for level in ours],
+        "client_cpu_pct_by_level": [level["client_cpu_pct"] for level in ours],
         "accepted_p99_le_2x_saturated": all((level["accepted_p99_ms"] or 0) <= 2 * base["accepted_p99_ms"]
                                             for level in ours),
         "accepted_p99_at_8x_16x_ms": [level["accepted_p99_ms"] for level in high],
@@ -126,15 +140,17 @@ def overload_targets(ours: list[dict], naive: list[dict]) -> dict:
 
 
 def run_overload(contenders: dict[str, dict[str, tuple[str, object]]], payloads: Path, saturating: int,
-                 seconds: float, repeats: int) -> dict[str, dict[str, list[dict]]]:
-    """``contenders``: per mode, name -> (url, process); every level runs ``repeats`` times, servers interleaved."""
+                 seconds: float, repeats: int, cpus: set[int] | None = None) -> dict[str, dict[str, list[dict]]]:
+    """``contenders``: per mode, name -> (url, process); every level runs ``repeats`` times, servers interleaved,
+    the load generator on ``cpus`` when given."""
     raw: dict[str, dict[str, dict[int, list[dict]]]] = {}
     for mode, servers in contenders.items():
         raw[mode] = {name: {factor: [] for factor in OVERLOAD_FACTORS} for name in servers}
         for _ in range(repeats):
             for factor in OVERLOAD_FACTORS:
                 for name, (url, process) in servers.items():
-                    result = closed_loop(url, payloads, factor * saturating, seconds, mode != "retry at once")
+                    result = closed_loop(url, payloads, factor * saturating, seconds, mode != "retry at once", cpus,
+                                         process.pid)  # type: ignore[attr-defined]
                     result["rss_mb"] = rss_mb(process.pid)  # type: ignore[attr-defined]
                     raw[mode][name][factor].append(result)
                     time.sleep(0.5)  # let a shed storm's stragglers drain before the next level

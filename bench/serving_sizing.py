@@ -1,0 +1,106 @@
+"""How to size ``latency_target_ms``: the headroom over the saturated median traded against goodput under overload.
+
+docs/serving.md sizes the adaptive limit's latency target as the median latency at the concurrency that saturates the
+server plus a margin. Too little margin and noisy windows hold the limit below the clients that would fit (goodput
+lost at 8x-16x overload); too much and admitted requests wait (accepted p99 up). This measures the trade side by side
+in one run: kubeforge with its defaults and at each ``--headroom`` (0.2 = the median + 20 %), the same model, payloads
+and load generator as bench.serving's overload part, clients at 1x, 2x, 8x and 16x the saturating concurrency,
+servers interleaved, ``--repeats`` medians; goodput at 8x/16x as a share of the run's peak (all servers), accepted
+p99 against twice the defaults' p99 at 1x, 503 p99.
+
+    python -m bench.serving_sizing [--headroom 0.2 0.4 0.7 1.0] [--overload-seconds 3] [--repeats 3] [--pin]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from bench._harness import cpu_split, free_port, stop, wait_ready, write
+from bench.serving import STARTUP_TIMEOUT_S, prepare_models, start
+from bench.serving_overload import MODES, closed_loop, pct_of_peak_per_repeat, run_overload, saturation, sized_target_ms
+
+DEFAULTS = "kubeforge defaults (25 ms target)"
+
+
+def headroom_rows(levels_by_name: dict[str, list[dict]], targets: dict[str, float]) -> list[dict]:
+    """One row per server: what its target bought at 8x and 16x overload."""
+    everything = [level for levels in levels_by_name.values() for level in levels]
+    peak = max(level["goodput_per_s"] for level in everything)
+    base_p99 = levels_by_name[DEFAULTS][0]["accepted_p99_ms"]
+    rows = []
+    for name, levels in levels_by_name.items():
+        high = [level for level in levels if level["factor"] >= 8]
+        rows.append({
+            "server": name, "latency_target_ms": targets[name],
+            "goodput_per_s": [level["goodput_per_s"] for level in levels],
+            "goodput_8x_16x_pct_of_run_peak": [round(100 * level["goodput_per_s"] / peak, 1) for level in high],
+            "goodput_8x_16x_pct_of_own_peak_per_repeat": [pct_of_peak_per_repeat(levels, level) for level in high],
+            "accepted_p99_ms": [level["accepted_p99_ms"] for level in levels],
+            "accepted_p99_le_2x_defaults_1x": all((level["accepted_p99_ms"] or 0) <= 2 * base_p99 for level in levels),
+            "shed_p99_ms": [level["shed_p99_ms"] for level in levels],
+            "shed_503": sum(level["shed_503"] for level in levels)})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--headroom", type=float, nargs="+", default=[0.2, 0.4, 0.7, 1.0])
+    parser.add_argument("--overload-seconds", type=float, default=3)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--pin", action="store_true",
+                        help="servers on the first half of the CPUs, the load generator on the rest")
+    args = parser.parse_args()
+    if any(headroom < 0 for headroom in args.headroom):
+        parser.error(f"--headroom must be >= 0, got {args.headroom}")
+    try:
+        server_cpus, client_cpus = cpu_split() if args.pin else (None, None)
+    except ValueError as exc:
+        parser.error(str(exc))
+    bentoml = [str(Path(sys.executable).parent / "bentoml"), "serve", "kubeforge.serving.service:KubeforgeClassifier",
+               "--host", "127.0.0.1", "--port"]
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        root = Path(tmp)
+        _, int8, payloads = prepare_models(root)
+        payload_file = root / "payloads.json"
+        payload_file.write_text(json.dumps([body.decode() for body in payloads]))
+        served = {"KUBEFORGE_MODEL_DIR": str(int8), "BENTOML_HOME": str(root / "bh")}
+
+        def launch(target_ms: float | None) -> tuple[str, object]:
+            port = free_port()
+            env = served if target_ms is None else {**served, "KUBEFORGE_SERVE_LATENCY_TARGET_MS": str(target_ms)}
+            process = start(bentoml + [str(port)], env, root / f"{port}.log", server_cpus)
+            stack.callback(stop, process)
+            url = f"http://127.0.0.1:{port}"
+            wait_ready(url, process, STARTUP_TIMEOUT_S, root / f"{port}.log")
+            closed_loop(url, payload_file, 8, 1, False, client_cpus)  # warm-up, not recorded
+            return url, process
+
+        servers = {DEFAULTS: launch(None)}
+        saturating, sweep, saturated_p50 = saturation(servers[DEFAULTS][0], payload_file, cpus=client_cpus)
+        targets = {DEFAULTS: 25.0}
+        for headroom in args.headroom:
+            name = f"median + {round(100 * headroom)} %"
+            targets[name] = sized_target_ms(saturated_p50, headroom)
+            servers[name] = launch(targets[name])
+        results = run_overload({mode: servers for mode in MODES}, payload_file, saturating, args.overload_seconds,
+                               args.repeats, client_cpus)
+    write("serving_sizing_pinned" if args.pin else "serving_sizing", {
+        "cpu_placement": (f"servers on CPU {sorted(server_cpus)}, load generator on CPU {sorted(client_cpus)}"
+                          if server_cpus else "servers and load generator share every CPU"),
+        "load_average_1min": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
+        "saturating_clients": saturating, "saturation_sweep_goodput": sweep, "saturated_p50_ms": saturated_p50,
+        "by_mode": {mode: headroom_rows(by_name, targets) for mode, by_name in results.items()},
+        "results": results,
+    }, command=f"python -m bench.serving_sizing --headroom {' '.join(map(str, args.headroom))} "
+               f"--overload-seconds {args.overload_seconds} --repeats {args.repeats}" + (" --pin" if args.pin else ""))
+
+
+if __name__ == "__main__":
+    main()

@@ -9,6 +9,7 @@ servers interleaved, ``--repeats`` medians; goodput at 8x/16x as a share of the 
 p99 against twice the defaults' p99 at 1x, 503 p99.
 
     python -m bench.serving_sizing [--headroom 0.2 0.4 0.7 1.0] [--overload-seconds 3] [--repeats 3] [--pin]
+                                   [--saturation N]
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from pathlib import Path
 
 from bench._harness import cpu_split, free_port, stop, wait_ready, write
 from bench.serving import STARTUP_TIMEOUT_S, prepare_models, start
-from bench.serving_overload import MODES, closed_loop, pct_of_peak_per_repeat, run_overload, saturation, sized_target_ms
+from bench.serving_overload import (MODES, closed_loop, median_of, pct_of_peak_per_repeat, run_overload, saturation,
+                                     sized_target_ms)
 
 DEFAULTS = "kubeforge defaults (25 ms target)"
 
@@ -41,6 +43,9 @@ def headroom_rows(levels_by_name: dict[str, list[dict]], targets: dict[str, floa
             "goodput_per_s": [level["goodput_per_s"] for level in levels],
             "goodput_8x_16x_pct_of_run_peak": [round(100 * level["goodput_per_s"] / peak, 1) for level in high],
             "goodput_8x_16x_pct_of_own_peak_per_repeat": [pct_of_peak_per_repeat(levels, level) for level in high],
+            "server_cpu_pct": [level["server_cpu_pct"] for level in levels],
+            "client_cpu_pct": [level["client_cpu_pct"] for level in levels],
+            "goodput_per_server_cpu_s": [level["goodput_per_server_cpu_s"] for level in levels],
             "accepted_p99_ms": [level["accepted_p99_ms"] for level in levels],
             "accepted_p99_le_2x_defaults_1x": all((level["accepted_p99_ms"] or 0) <= 2 * base_p99 for level in levels),
             "shed_p99_ms": [level["shed_p99_ms"] for level in levels],
@@ -53,11 +58,15 @@ def main() -> None:
     parser.add_argument("--headroom", type=float, nargs="+", default=[0.2, 0.4, 0.7, 1.0])
     parser.add_argument("--overload-seconds", type=float, default=3)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--saturation", type=int, default=0,
+                        help="clients that saturate kubeforge (0: measure); its median latency is measured either way")
     parser.add_argument("--pin", action="store_true",
                         help="servers on the first half of the CPUs, the load generator on the rest")
     args = parser.parse_args()
     if any(headroom < 0 for headroom in args.headroom):
         parser.error(f"--headroom must be >= 0, got {args.headroom}")
+    if args.saturation < 0:
+        parser.error(f"--saturation must be >= 0 (0: measure), got {args.saturation}")
     try:
         server_cpus, client_cpus = cpu_split() if args.pin else (None, None)
     except ValueError as exc:
@@ -83,7 +92,12 @@ def main() -> None:
             return url, process
 
         servers = {DEFAULTS: launch(None)}
-        saturating, sweep, saturated_p50 = saturation(servers[DEFAULTS][0], payload_file, cpus=client_cpus)
+        if args.saturation:
+            saturating, sweep = args.saturation, {}
+            saturated_p50 = median_of([closed_loop(servers[DEFAULTS][0], payload_file, saturating, 2, False, client_cpus)
+                                       for _ in range(3)], "accepted_p50_ms")
+        else:
+            saturating, sweep, saturated_p50 = saturation(servers[DEFAULTS][0], payload_file, cpus=client_cpus)
         targets = {DEFAULTS: 25.0}
         for headroom in args.headroom:
             name = f"median + {round(100 * headroom)} %"
@@ -91,7 +105,8 @@ def main() -> None:
             servers[name] = launch(targets[name])
         results = run_overload({mode: servers for mode in MODES}, payload_file, saturating, args.overload_seconds,
                                args.repeats, client_cpus)
-    write("serving_sizing_pinned" if args.pin else "serving_sizing", {
+    name = "serving_sizing" + ("_pinned" if args.pin else "") + (f"_at_{args.saturation}" if args.saturation else "")
+    write(name, {
         "cpu_placement": (f"servers on CPU {sorted(server_cpus)}, load generator on CPU {sorted(client_cpus)}"
                           if server_cpus else "servers and load generator share every CPU"),
         "load_average_1min": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
@@ -99,7 +114,8 @@ def main() -> None:
         "by_mode": {mode: headroom_rows(by_name, targets) for mode, by_name in results.items()},
         "results": results,
     }, command=f"python -m bench.serving_sizing --headroom {' '.join(map(str, args.headroom))} "
-               f"--overload-seconds {args.overload_seconds} --repeats {args.repeats}" + (" --pin" if args.pin else ""))
+               f"--overload-seconds {args.overload_seconds} --repeats {args.repeats}" + (" --pin" if args.pin else "")
+               + (f" --saturation {args.saturation}" if args.saturation else ""))
 
 
 if __name__ == "__main__":

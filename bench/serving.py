@@ -22,12 +22,14 @@ Part 2, overload (bench.serving_overload): closed-loop clients (bench.serving_lo
 reaching 90 % of the best goodput, each level's best of three sweeps), for kubeforge with its defaults, kubeforge with
 its latency target sized for this model and naive, once with clients that send again at once (wrk-like, and with the
 null httptools protocol as the floor) and once with clients that honour Retry-After; goodput, p50/p99 of accepted
-requests, p99 of 503s, errors, server RSS. Targets: goodput at 8x and 16x >= 85 % of the peak, accepted p99 <= 2x the
-p99 at 1x, 503 p99 <= 5 ms, RSS within 10 % of the 1x level, no connection errors, naive beaten at every level.
+requests, p99 of 503s, errors, server RSS, the server's CPU and the load generator's. Targets: goodput at 8x and 16x
+>= 85 % of the peak, accepted p99 <= 2x the p99 at 1x, 503 p99 <= 5 ms, RSS within 10 % of the 1x level, no
+connection errors, naive beaten at every level.
 Every level runs `--repeats` times with the servers interleaved, medians reported; the 1-minute load average is
 recorded before and after, and each run's CPU steal (the share of the machine the hypervisor gave to other guests),
 since the machine is shared; the overload goodput targets are also given per repeat (each repeat's levels against
-that repeat's best), which a neighbour slowing a whole repeat does not move.
+that repeat's best), which a neighbour slowing a whole repeat does not move, and per second of the server's CPU, which
+CPU taken from the server does not move.
 
     python -m bench.serving [--seconds 5] [--overload-seconds 3] [--repeats 3] [--stack auto|h11] [--pin]
 """

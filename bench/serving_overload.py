@@ -72,9 +72,10 @@ def saturation(url: str, payloads: Path, sweeps: int = 3,
 
 def sized_target_ms(saturated_p50_ms: float, headroom: float = HEADROOM) -> float:
     """As docs/serving.md sizes it: the median latency at the concurrency that saturates the server, plus
-    ``HEADROOM``, to 0.1 ms. By Little's law the adaptive limit then settles a little above that concurrency
-    (admitting more adds waiting, not goodput), and the margin keeps noisy windows from holding it below. Rounded up
-    to whole ms, as before the target took fractions, the margin was anything from 9 to 45 % between runs."""
+    ``headroom`` (``HEADROOM`` unless bench.serving_sizing varies it), to 0.1 ms. By Little's law the adaptive limit
+    then settles a little above that concurrency (admitting more adds waiting, not goodput), and the margin keeps
+    noisy windows from holding it below. Rounded up to whole ms, as before the target took fractions, the margin was
+    anything from 9 to 45 % between runs."""
     return round(max(0.1, (1 + headroom) * saturated_p50_ms), 1)
 
 

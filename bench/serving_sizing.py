@@ -94,7 +94,8 @@ def main() -> None:
         servers = {DEFAULTS: launch(None)}
         if args.saturation:
             saturating, sweep = args.saturation, {}
-            saturated_p50 = median_of([closed_loop(servers[DEFAULTS][0], payload_file, saturating, 2, False, client_cpus)
+            url = servers[DEFAULTS][0]
+            saturated_p50 = median_of([closed_loop(url, payload_file, saturating, 2, False, client_cpus)
                                        for _ in range(3)], "accepted_p50_ms")
         else:
             saturating, sweep, saturated_p50 = saturation(servers[DEFAULTS][0], payload_file, cpus=client_cpus)

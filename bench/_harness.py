@@ -3,6 +3,7 @@ scratch language models and prompts, and one JSON file per benchmark."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -158,6 +159,29 @@ def cpu_split() -> tuple[set[int], set[int]]:
         raise ValueError(f"pinning servers and load generator apart needs 2 CPUs; this process may use {len(cpus)}")
     half = len(cpus) // 2
     return set(cpus[:half]), set(cpus[half:])
+
+
+def add_pin_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pin", action="store_true",
+                        help="servers on the first half of the CPUs, the load generator on the rest")
+
+
+def pinned_cpus(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[set[int] | None, set[int] | None]:
+    """The servers' and the load generator's CPUs for ``--pin`` (None, None: anywhere); too few CPUs is a usage
+    error."""
+    if not args.pin:
+        return None, None
+    try:
+        return cpu_split()
+    except ValueError as exc:
+        parser.error(str(exc))
+
+
+def placement(server_cpus: set[int] | None, client_cpus: set[int] | None) -> str:
+    """Where the servers and the load generator ran, for a benchmark's results."""
+    if server_cpus is None:
+        return "servers and load generator share every CPU"
+    return f"servers on CPU {sorted(server_cpus)}, load generator on CPU {sorted(client_cpus or ())}"
 
 
 def on_cpus(cpus: set[int] | None) -> Callable[[], None] | None:

@@ -47,10 +47,10 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-from bench._harness import (cpu_seconds, cpu_split, cpu_times, free_port, on_cpus, steal_pct, stop, versions,
-                            wait_ready, write)
-from bench.serving_overload import (MODES, closed_loop, median_of, overload_targets, run_overload, saturation,
-                                     sized_target_ms)
+from bench._harness import (add_pin_option, cpu_seconds, cpu_times, free_port, on_cpus, pinned_cpus, placement,
+                            steal_pct, stop, versions, wait_ready, write)
+from bench.serving_overload import (MODES, closed_loop, median_of, overload_targets, run_overload, saturated_median_ms,
+                                     saturation, sized_target_ms)
 
 CLIENTS = (1, 16, 64)
 STARTUP_TIMEOUT_S = 120
@@ -166,6 +166,24 @@ def wrk_load(url: str, payloads: list[bytes], clients: int, seconds: int, workdi
             "p99_ms": round(float(p99), 2), "errors": int(status_errors) + int(socket_errors)}
 
 
+def bentoml_serve() -> list[str]:
+    """kubeforge's service under ``bentoml serve`` on loopback; ``{port}`` is filled in by ``start_server``."""
+    return [str(Path(sys.executable).parent / "bentoml"), "serve", "kubeforge.serving.service:KubeforgeClassifier",
+            "--host", "127.0.0.1", "--port", "{port}"]
+
+
+def kubeforge_env(int8: Path, root: Path) -> dict[str, str]:
+    """What kubeforge's service needs to serve the compressed model from ``prepare_models``."""
+    return {"KUBEFORGE_MODEL_DIR": str(int8), "BENTOML_HOME": str(root / "bh")}
+
+
+def write_payloads(root: Path, payloads: list[bytes]) -> Path:
+    """The request bodies as bench.serving_load reads them."""
+    path = root / "payloads.json"
+    path.write_text(json.dumps([body.decode() for body in payloads]))
+    return path
+
+
 def prepare_models(root: Path) -> tuple[Path, Path, list[bytes]]:
     from kubeforge.compression import Candidate
     from kubeforge.compression.artifact import save_candidate
@@ -197,6 +215,23 @@ def start(command: list[str], env: dict, log: Path, cpus: set[int] | None = None
                             start_new_session=True, preexec_fn=on_cpus(cpus))
 
 
+def start_server(stack: contextlib.ExitStack, command: list[str], env: dict, root: Path,
+                 cpus: set[int] | None = None) -> tuple[str, subprocess.Popen, Path]:
+    """Start a server on a free port (``{port}`` in ``command``), stopped when ``stack`` closes: its URL, process
+    and log."""
+    port = free_port()
+    log = root / f"{port}.log"
+    process = start([str(port) if part == "{port}" else part for part in command], env, log, cpus)
+    stack.callback(stop, process)
+    return f"http://127.0.0.1:{port}", process, log
+
+
+def warm_up(url: str, process: subprocess.Popen, log: Path, payload_file: Path, cpus: set[int] | None = None) -> None:
+    """Until the server is ready, then a second of load that is not recorded."""
+    wait_ready(url, process, STARTUP_TIMEOUT_S, log)
+    closed_loop(url, payload_file, 8, 1, False, cpus)
+
+
 def summarize(runs: list[dict]) -> dict:
     """Medians over the interleaved repeats (errors are summed: one is one too many)."""
     middle = {key: median_of(runs, key)
@@ -214,16 +249,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per level; medians are reported")
     parser.add_argument("--stack", choices=("auto", "h11"), default="auto")
     parser.add_argument("--saturation", type=int, default=0, help="clients that saturate kubeforge (0: measure)")
-    parser.add_argument("--pin", action="store_true",
-                        help="servers on the first half of the CPUs, the load generator on the rest")
+    add_pin_option(parser)
     args = parser.parse_args()
-    try:
-        server_cpus, client_cpus = cpu_split() if args.pin else (None, None)
-    except ValueError as exc:
-        parser.error(str(exc))
+    server_cpus, client_cpus = pinned_cpus(args, parser)
     use_wrk = shutil.which("wrk") is not None
-    bentoml = [str(Path(sys.executable).parent / "bentoml"), "serve", "kubeforge.serving.service:KubeforgeClassifier",
-               "--host", "127.0.0.1", "--port", "{port}"]
+    bentoml = bentoml_serve()
     ours, naive, null = "kubeforge (BentoML, ONNX int8, 1 worker)", "naive (FastAPI, torch fp32, 1 worker)", \
         "null ASGI app (the stack's ceiling)"
     ours_asgi, null_protocol = "kubeforge, fast path off (all through ASGI)", "null httptools protocol (below ASGI)"
@@ -232,14 +262,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         root = Path(tmp)
         fp32, int8, payloads = prepare_models(root)
-        payload_file = root / "payloads.json"
-        payload_file.write_text(json.dumps([body.decode() for body in payloads]))
+        payload_file = write_payloads(root, payloads)
         stack_env: dict[str, str] = {}
         if args.stack == "h11":
             (root / "stack").mkdir()
             (root / "stack" / "sitecustomize.py").write_text(HIDE_FAST_STACK)
             stack_env = {"PYTHONPATH": str(root / "stack")}
-        served = {"KUBEFORGE_MODEL_DIR": str(int8), "BENTOML_HOME": str(root / "bh")}
+        served = kubeforge_env(int8, root)
         servers = {ours: (bentoml, served),
                    ours_asgi: (bentoml, {**served, "KUBEFORGE_SERVE_FAST_PATH": "false"}),
                    naive: ([sys.executable, "-c", NAIVE_SERVER, str(fp32), "{port}"], {}),
@@ -250,17 +279,13 @@ def main() -> None:
 
         def launch(names: list[str]) -> None:
             """Start the named servers at once, then wait for each and warm it up (not recorded)."""
+            logs = {}
             for name in names:
                 command, env = servers[name]
-                port = free_port()
-                process = start([str(port) if part == "{port}" else part for part in command],
-                                {**env, **stack_env}, root / f"{port}.log", server_cpus)
-                stack.callback(stop, process)
-                running[name] = (f"http://127.0.0.1:{port}", process)
+                url, process, logs[name] = start_server(stack, command, {**env, **stack_env}, root, server_cpus)
+                running[name] = (url, process)
             for name in names:
-                url, process = running[name]
-                wait_ready(url, process, STARTUP_TIMEOUT_S)
-                closed_loop(url, payload_file, 8, 1, False, client_cpus)
+                warm_up(*running[name], logs[name], payload_file, client_cpus)
 
         launch(list(servers))
         runs.update({name: {clients: [] for clients in CLIENTS} for name in servers})
@@ -282,8 +307,8 @@ def main() -> None:
                         (cpu_seconds(process.pid) - cpu) * 1e6 / max(result["requests"], 1), 1)
                     runs[name][clients].append(result)
         if args.saturation:
-            saturating, sweep, saturated_p50 = args.saturation, {}, closed_loop(
-                running[ours][0], payload_file, args.saturation, 2, False, client_cpus)["accepted_p50_ms"]
+            saturating, sweep = args.saturation, {}
+            saturated_p50 = saturated_median_ms(running[ours][0], payload_file, saturating, 1, client_cpus)
         else:
             saturating, sweep, saturated_p50 = saturation(running[ours][0], payload_file, cpus=client_cpus)
         target_ms = sized_target_ms(saturated_p50)
@@ -302,12 +327,10 @@ def main() -> None:
         return [round(x["req_per_s"] / y["req_per_s"], digits) for x, y in zip(runs[a][64], runs[b][64], strict=True)]
     stack_used = "asyncio + h11" if args.stack == "h11" else (
         "uvloop + httptools" if versions("uvloop", "httptools")["httptools"] != "not installed" else "asyncio + h11")
-    placement = (f"servers on CPU {sorted(server_cpus)}, load generator on CPU {sorted(client_cpus)}"
-                 if server_cpus else "servers and load generator share every CPU")
     write("serving_pinned" if args.pin else "serving", {
         "load_generator": ("wrk" if use_wrk else "bench.serving_load") + " (part 1), bench.serving_load (part 2); "
                           "one digits row per request, same machine",
-        "cpu_placement": placement,
+        "cpu_placement": placement(server_cpus, client_cpus),
         "http_stack": stack_used, "stack_versions": versions("uvicorn", "uvloop", "httptools", "h11"),
         "load_average_1min": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
         "equal_workers": {

@@ -70,6 +70,12 @@ def saturation(url: str, payloads: Path, sweeps: int = 3,
     return saturating, goodput, median_of(runs[saturating], "accepted_p50_ms")
 
 
+def saturated_median_ms(url: str, payloads: Path, clients: int, runs: int, cpus: set[int] | None = None) -> float:
+    """The median latency at a saturating concurrency given rather than measured by ``saturation``, over ``runs``
+    2 s runs."""
+    return median_of([closed_loop(url, payloads, clients, 2, False, cpus) for _ in range(runs)], "accepted_p50_ms")
+
+
 def sized_target_ms(saturated_p50_ms: float, headroom: float = HEADROOM) -> float:
     """As docs/serving.md sizes it: the median latency at the concurrency that saturates the server, plus
     ``headroom`` (``HEADROOM`` unless bench.serving_sizing varies it), to 0.1 ms. By Little's law the adaptive limit
@@ -89,9 +95,6 @@ def littles_law_cycle_ms(clients: int, answers_per_s: float | None) -> float | N
 
 
 def summarize_overload(runs: list[dict], factor: int) -> dict:
-    for run in runs:
-        run["goodput_per_server_cpu_s"] = round(100 * run["goodput_per_s"] / run["server_cpu_pct"]) \
-            if run.get("server_cpu_pct") else None
     keys = ("goodput_per_s", "requests_per_s", "accepted_p50_ms", "accepted_p99_ms", "shed_p50_ms", "shed_p99_ms",
             "answer_mean_ms", "rss_mb", "cpu_steal_pct", "server_cpu_pct", "client_cpu_pct", "goodput_per_server_cpu_s")
     middle = {key: median_of(runs, key) for key in keys}
@@ -154,6 +157,9 @@ def run_overload(contenders: dict[str, dict[str, tuple[str, object]]], payloads:
                     result = closed_loop(url, payloads, factor * saturating, seconds, mode != "retry at once", cpus,
                                          process.pid)  # type: ignore[attr-defined]
                     result["rss_mb"] = rss_mb(process.pid)  # type: ignore[attr-defined]
+                    server_cpu = result["server_cpu_pct"]
+                    result["goodput_per_server_cpu_s"] = round(100 * result["goodput_per_s"] / server_cpu) \
+                        if server_cpu else None
                     raw[mode][name][factor].append(result)
                     time.sleep(0.5)  # let a shed storm's stragglers drain before the next level
     return {mode: {name: [summarize_overload(levels[f], f) for f in OVERLOAD_FACTORS]

@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import sys
 import tempfile
 from pathlib import Path
 
-from bench._harness import cpu_split, free_port, stop, wait_ready, write
-from bench.serving import STARTUP_TIMEOUT_S, prepare_models, start
-from bench.serving_overload import (MODES, closed_loop, median_of, pct_of_peak_per_repeat, run_overload, saturation,
+from bench._harness import add_pin_option, pinned_cpus, placement, write
+from bench.serving import bentoml_serve, kubeforge_env, prepare_models, start_server, warm_up, write_payloads
+from bench.serving_overload import (MODES, pct_of_peak_per_repeat, run_overload, saturated_median_ms, saturation,
                                      sized_target_ms)
 
 DEFAULTS = "kubeforge defaults (25 ms target)"
@@ -60,43 +58,30 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--saturation", type=int, default=0,
                         help="clients that saturate kubeforge (0: measure); its median latency is measured either way")
-    parser.add_argument("--pin", action="store_true",
-                        help="servers on the first half of the CPUs, the load generator on the rest")
+    add_pin_option(parser)
     args = parser.parse_args()
     if any(headroom < 0 for headroom in args.headroom):
         parser.error(f"--headroom must be >= 0, got {args.headroom}")
     if args.saturation < 0:
         parser.error(f"--saturation must be >= 0 (0: measure), got {args.saturation}")
-    try:
-        server_cpus, client_cpus = cpu_split() if args.pin else (None, None)
-    except ValueError as exc:
-        parser.error(str(exc))
-    bentoml = [str(Path(sys.executable).parent / "bentoml"), "serve", "kubeforge.serving.service:KubeforgeClassifier",
-               "--host", "127.0.0.1", "--port"]
+    server_cpus, client_cpus = pinned_cpus(args, parser)
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         root = Path(tmp)
         _, int8, payloads = prepare_models(root)
-        payload_file = root / "payloads.json"
-        payload_file.write_text(json.dumps([body.decode() for body in payloads]))
-        served = {"KUBEFORGE_MODEL_DIR": str(int8), "BENTOML_HOME": str(root / "bh")}
+        payload_file = write_payloads(root, payloads)
+        served = kubeforge_env(int8, root)
 
         def launch(target_ms: float | None) -> tuple[str, object]:
-            port = free_port()
             env = served if target_ms is None else {**served, "KUBEFORGE_SERVE_LATENCY_TARGET_MS": str(target_ms)}
-            process = start(bentoml + [str(port)], env, root / f"{port}.log", server_cpus)
-            stack.callback(stop, process)
-            url = f"http://127.0.0.1:{port}"
-            wait_ready(url, process, STARTUP_TIMEOUT_S, root / f"{port}.log")
-            closed_loop(url, payload_file, 8, 1, False, client_cpus)  # warm-up, not recorded
+            url, process, log = start_server(stack, bentoml_serve(), env, root, server_cpus)
+            warm_up(url, process, log, payload_file, client_cpus)
             return url, process
 
         servers = {DEFAULTS: launch(None)}
         if args.saturation:
             saturating, sweep = args.saturation, {}
-            url = servers[DEFAULTS][0]
-            saturated_p50 = median_of([closed_loop(url, payload_file, saturating, 2, False, client_cpus)
-                                       for _ in range(3)], "accepted_p50_ms")
+            saturated_p50 = saturated_median_ms(servers[DEFAULTS][0], payload_file, saturating, 3, client_cpus)
         else:
             saturating, sweep, saturated_p50 = saturation(servers[DEFAULTS][0], payload_file, cpus=client_cpus)
         targets = {DEFAULTS: 25.0}
@@ -108,8 +93,7 @@ def main() -> None:
                                args.repeats, client_cpus)
     name = "serving_sizing" + ("_pinned" if args.pin else "") + (f"_at_{args.saturation}" if args.saturation else "")
     write(name, {
-        "cpu_placement": (f"servers on CPU {sorted(server_cpus)}, load generator on CPU {sorted(client_cpus)}"
-                          if server_cpus else "servers and load generator share every CPU"),
+        "cpu_placement": placement(server_cpus, client_cpus),
         "load_average_1min": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
         "saturating_clients": saturating, "saturation_sweep_goodput": sweep, "saturated_p50_ms": saturated_p50,
         "by_mode": {mode: headroom_rows(by_name, targets) for mode, by_name in results.items()},

@@ -1,0 +1,100 @@
+"""Where goodput goes at 16x overload: open connections, or the concurrency limit they run into.
+
+At 512 polite clients on one worker kubeforge kept ~81 % of its peak with a sized latency target (bench.serving_sizing),
+and a profile had more loop and socket time there. Two explanations predict different things: a cost per open
+connection would show with connections that are merely open; a cost of the limit binding would vanish with a limit
+well above the saturating concurrency. So, side by side on the same model and load generator as bench.serving, each
+server (the adaptive limit with the sized target, and fixed limits) at three loads, interleaved, ``--repeats``
+medians, the CPU steal recorded per run: ``--clients`` closed-loop clients alone; the same with ``--idle``
+keep-alive connections opened beside them that never send; and ``--clients + --idle`` polite clients, all sending.
+
+    python -m bench.serving_connections [--clients 32] [--idle 480] [--target-ms 2.7] [--fixed 40 64] [--repeats 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import socket
+import statistics
+import tempfile
+from pathlib import Path
+
+from bench._harness import write
+from bench.serving import bentoml_serve, kubeforge_env, prepare_models, start_server, warm_up, write_payloads
+from bench.serving_overload import closed_loop
+
+
+def idle_connections(url: str, count: int) -> contextlib.ExitStack:
+    """``count`` TCP connections to the server that stay open and send nothing, closed with the returned stack."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    stack = contextlib.ExitStack()
+    for _ in range(count):
+        stack.enter_context(socket.create_connection((host, int(port))))
+    return stack
+
+
+def loads(clients: int, idle: int) -> dict[str, tuple[int, int]]:
+    """Each load by name: (sending clients, idle connections beside them)."""
+    return {f"{clients} clients": (clients, 0), f"{clients} clients + {idle} idle connections": (clients, idle),
+            f"{clients + idle} polite clients": (clients + idle, 0)}
+
+
+def summarize(runs: list[dict]) -> dict:
+    return {"goodput_per_s": round(statistics.median(run["goodput_per_s"] for run in runs), 1),
+            "goodput_runs": [run["goodput_per_s"] for run in runs],
+            "accepted_p99_ms": statistics.median(run["accepted_p99_ms"] for run in runs),
+            "shed_503": sum(run["shed_503"] for run in runs),
+            "connection_errors": sum(run["connection_errors"] for run in runs),
+            "cpu_steal_pct_runs": [run["cpu_steal_pct"] for run in runs]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=32, help="the saturating concurrency")
+    parser.add_argument("--idle", type=int, default=480, help="connections beside them (together: 16x of 32)")
+    parser.add_argument("--target-ms", type=float, default=2.7, help="the adaptive limit's latency target")
+    parser.add_argument("--fixed", type=int, nargs="*", default=[40, 64], help="fixed limits to compare")
+    parser.add_argument("--seconds", type=float, default=3)
+    parser.add_argument("--repeats", type=int, default=4)
+    args = parser.parse_args()
+    if args.clients < 1 or args.idle < 1 or args.target_ms <= 0 or args.repeats < 1 or args.seconds <= 0 \
+            or any(limit < 1 for limit in args.fixed):
+        parser.error("--clients, --idle, --repeats and --fixed must be >= 1, --target-ms and --seconds > 0")
+    load_before = os.getloadavg()[0]
+    variants = {f"adaptive, {args.target_ms} ms target": {"KUBEFORGE_SERVE_LATENCY_TARGET_MS": str(args.target_ms)}}
+    variants |= {f"fixed limit {limit}": {"KUBEFORGE_SERVE_LIMIT_MODE": "fixed",
+                                          "KUBEFORGE_SERVE_MAX_CONCURRENCY": str(limit)} for limit in args.fixed}
+    runs: dict[str, dict[str, list[dict]]] = {name: {} for name in variants}
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        root = Path(tmp)
+        _, int8, payloads = prepare_models(root)
+        payload_file = write_payloads(root, payloads)
+        servers = {}
+        for name, env in variants.items():
+            url, process, log = start_server(stack, bentoml_serve(), {**kubeforge_env(int8, root), **env}, root)
+            warm_up(url, process, log, payload_file)
+            servers[name] = url, process
+        for _ in range(args.repeats):
+            for load, (sending, idle) in loads(args.clients, args.idle).items():
+                for name, (url, process) in servers.items():
+                    with idle_connections(url, idle):
+                        run = closed_loop(url, payload_file, sending, args.seconds, True, server_pid=process.pid)
+                    runs[name].setdefault(load, []).append(run)
+    by_server = {name: {load: summarize(levels) for load, levels in by_load.items()} for name, by_load in runs.items()}
+    for levels in by_server.values():
+        base = levels[next(iter(levels))]["goodput_per_s"]
+        for level in levels.values():
+            level["pct_of_clients_alone"] = round(100 * level["goodput_per_s"] / base, 1)
+    write("serving_connections", {
+        "load_average_1min": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
+        "clients": args.clients, "idle": args.idle, "seconds": args.seconds, "repeats": args.repeats,
+        "by_server": by_server,
+    }, command=f"python -m bench.serving_connections --clients {args.clients} --idle {args.idle} --target-ms "
+               f"{args.target_ms} --fixed {' '.join(map(str, args.fixed))} --seconds {args.seconds} "
+               f"--repeats {args.repeats}")
+
+
+if __name__ == "__main__":
+    main()

@@ -17,22 +17,22 @@ import argparse
 import contextlib
 import os
 import socket
-import statistics
 import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from bench._harness import write
 from bench.serving import bentoml_serve, kubeforge_env, prepare_models, start_server, warm_up, write_payloads
-from bench.serving_overload import closed_loop
+from bench.serving_overload import closed_loop, median_of
 
 
 def idle_connections(url: str, count: int) -> contextlib.ExitStack:
     """``count`` TCP connections to the server that stay open and send nothing, closed with the returned stack."""
-    host, port = url.removeprefix("http://").rsplit(":", 1)
-    stack = contextlib.ExitStack()
-    for _ in range(count):
-        stack.enter_context(socket.create_connection((host, int(port))))
-    return stack
+    address = urlsplit(url)
+    with contextlib.ExitStack() as stack:  # a connection that fails closes the ones already open
+        for _ in range(count):
+            stack.enter_context(socket.create_connection((address.hostname, address.port)))
+        return stack.pop_all()
 
 
 def loads(clients: int, idle: int) -> dict[str, tuple[int, int]]:
@@ -41,10 +41,12 @@ def loads(clients: int, idle: int) -> dict[str, tuple[int, int]]:
             f"{clients + idle} polite clients": (clients + idle, 0)}
 
 
-def summarize(runs: list[dict]) -> dict:
-    return {"goodput_per_s": round(statistics.median(run["goodput_per_s"] for run in runs), 1),
-            "goodput_runs": [run["goodput_per_s"] for run in runs],
-            "accepted_p99_ms": statistics.median(run["accepted_p99_ms"] for run in runs),
+def summarize(runs: list[dict], base_goodput: float | None) -> dict:
+    """Medians over the repeats; the goodput also as a share of ``base_goodput`` (the clients alone)."""
+    goodput = median_of(runs, "goodput_per_s")
+    return {"goodput_per_s": goodput, "goodput_runs": [run["goodput_per_s"] for run in runs],
+            "pct_of_clients_alone": round(100 * goodput / base_goodput, 1) if goodput and base_goodput else None,
+            "accepted_p99_ms": median_of(runs, "accepted_p99_ms"),
             "shed_503": sum(run["shed_503"] for run in runs),
             "connection_errors": sum(run["connection_errors"] for run in runs),
             "cpu_steal_pct_runs": [run["cpu_steal_pct"] for run in runs]}
@@ -82,11 +84,9 @@ def main() -> None:
                     with idle_connections(url, idle):
                         run = closed_loop(url, payload_file, sending, args.seconds, True, server_pid=process.pid)
                     runs[name].setdefault(load, []).append(run)
-    by_server = {name: {load: summarize(levels) for load, levels in by_load.items()} for name, by_load in runs.items()}
-    for levels in by_server.values():
-        base = levels[next(iter(levels))]["goodput_per_s"]
-        for level in levels.values():
-            level["pct_of_clients_alone"] = round(100 * level["goodput_per_s"] / base, 1)
+    alone = next(iter(loads(args.clients, args.idle)))
+    by_server = {name: {load: summarize(levels, median_of(by_load[alone], "goodput_per_s"))
+                        for load, levels in by_load.items()} for name, by_load in runs.items()}
     write("serving_connections", {
         "load_average_1min": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
         "clients": args.clients, "idle": args.idle, "seconds": args.seconds, "repeats": args.repeats,

@@ -172,9 +172,10 @@ def bentoml_serve() -> list[str]:
             "--host", "127.0.0.1", "--port", "{port}"]
 
 
-def kubeforge_env(int8: Path, root: Path) -> dict[str, str]:
-    """What kubeforge's service needs to serve the compressed model from ``prepare_models``."""
-    return {"KUBEFORGE_MODEL_DIR": str(int8), "BENTOML_HOME": str(root / "bh")}
+def kubeforge_env(int8: Path) -> dict[str, str]:
+    """What kubeforge's service needs to serve the compressed model from ``prepare_models`` (``start_server`` gives
+    each server its BentoML home)."""
+    return {"KUBEFORGE_MODEL_DIR": str(int8)}
 
 
 def write_payloads(root: Path, payloads: list[bytes]) -> Path:
@@ -218,9 +219,11 @@ def start(command: list[str], env: dict, log: Path, cpus: set[int] | None = None
 def start_server(stack: contextlib.ExitStack, command: list[str], env: dict, root: Path,
                  cpus: set[int] | None = None) -> tuple[str, subprocess.Popen, Path]:
     """Start a server on a free port (``{port}`` in ``command``), stopped when ``stack`` closes: its URL, process
-    and log."""
+    and log. Each gets its own BentoML home: a BentoML server empties the Prometheus directory there when it starts,
+    so servers sharing one would read each other's metrics, or none."""
     port = free_port()
     log = root / f"{port}.log"
+    env = {"BENTOML_HOME": str(root / f"bentoml-home-{port}"), **env}
     process = start([str(port) if part == "{port}" else part for part in command], env, log, cpus)
     stack.callback(stop, process)
     return f"http://127.0.0.1:{port}", process, log
@@ -268,7 +271,7 @@ def main() -> None:
             (root / "stack").mkdir()
             (root / "stack" / "sitecustomize.py").write_text(HIDE_FAST_STACK)
             stack_env = {"PYTHONPATH": str(root / "stack")}
-        served = kubeforge_env(int8, root)
+        served = kubeforge_env(int8)
         servers = {ours: (bentoml, served),
                    ours_asgi: (bentoml, {**served, "KUBEFORGE_SERVE_FAST_PATH": "false"}),
                    naive: ([sys.executable, "-c", NAIVE_SERVER, str(fp32), "{port}"], {}),

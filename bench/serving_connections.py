@@ -1,14 +1,16 @@
-"""Where goodput goes at 16x overload: open connections, or the concurrency limit they run into.
+"""Where goodput goes at 16x overload: open connections, sending clients, or the concurrency limit they run into.
 
 At 512 polite clients on one worker kubeforge kept ~81 % of its peak with a sized latency target (bench.serving_sizing),
-and a profile had more loop and socket time there. Two explanations predict different things: a cost per open
-connection would show with connections that are merely open; a cost of the limit binding would vanish with a limit
+and a profile had more loop and socket time there. The explanations predict different things: a cost per open
+connection would show with connections that are merely open; a cost of refusing (the refused coming back) would
+vanish under a limit above every client, which refuses nobody; a cost of the limit binding would vanish with a limit
 well above the saturating concurrency. So, side by side on the same model and load generator as bench.serving, each
 server (the adaptive limit with the sized target, and fixed limits) at three loads, interleaved, ``--repeats``
 medians, the CPU steal recorded per run: ``--clients`` closed-loop clients alone; the same with ``--idle``
 keep-alive connections opened beside them that never send; and ``--clients + --idle`` polite clients, all sending.
+Each run also records the rows per inference call (from the server's /metrics) and the server's CPU per answer.
 
-    python -m bench.serving_connections [--clients 32] [--idle 480] [--target-ms 2.7] [--fixed 40 64] [--repeats 4]
+    python -m bench.serving_connections [--clients 32] [--idle 480] [--target-ms 2.7] [--fixed 64 1024] [--repeats 4]
 """
 
 from __future__ import annotations
@@ -18,12 +20,17 @@ import contextlib
 import os
 import socket
 import tempfile
+import time
+import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from bench._harness import write
 from bench.serving import bentoml_serve, kubeforge_env, prepare_models, start_server, warm_up, write_payloads
 from bench.serving_overload import closed_loop, median_of
+from kubeforge.serving.meters import FLUSH_INTERVAL_S
+
+BATCH_ROWS = "kubeforge_inference_batch_rows"
 
 
 def idle_connections(url: str, count: int) -> contextlib.ExitStack:
@@ -33,6 +40,31 @@ def idle_connections(url: str, count: int) -> contextlib.ExitStack:
         for _ in range(count):
             stack.enter_context(socket.create_connection((address.hostname, address.port)))
         return stack.pop_all()
+
+
+def batch_rows(url: str) -> tuple[float, float]:
+    """Rows and inference calls the server has counted so far (its ``kubeforge_inference_batch_rows`` histogram),
+    read once the meters' last flush has happened."""
+    time.sleep(2 * FLUSH_INTERVAL_S)
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    totals = {"_sum": 0.0, "_count": 0.0}
+    for line in text.splitlines():
+        for suffix in totals:
+            if line.startswith(BATCH_ROWS + suffix):
+                totals[suffix] += float(line.rsplit(maxsplit=1)[1])
+    return totals["_sum"], totals["_count"]
+
+
+def measured(url: str, process_pid: int, payload_file: Path, clients: int, seconds: float) -> dict:
+    """One window of polite clients, with the rows per inference call and the server's CPU per answer in it."""
+    rows, calls = batch_rows(url)
+    run = closed_loop(url, payload_file, clients, seconds, True, server_pid=process_pid)
+    rows_after, calls_after = batch_rows(url)
+    run["rows_per_call"] = round((rows_after - rows) / (calls_after - calls), 1) if calls_after > calls else None
+    answers = run["requests_per_s"]
+    run["server_cpu_us_per_answer"] = round(10_000 * run["server_cpu_pct"] / answers, 1) if answers else None
+    return run
 
 
 def loads(clients: int, idle: int) -> dict[str, tuple[int, int]]:
@@ -47,6 +79,8 @@ def summarize(runs: list[dict], base_goodput: float | None) -> dict:
     return {"goodput_per_s": goodput, "goodput_runs": [run["goodput_per_s"] for run in runs],
             "pct_of_clients_alone": round(100 * goodput / base_goodput, 1) if goodput and base_goodput else None,
             "accepted_p99_ms": median_of(runs, "accepted_p99_ms"),
+            "rows_per_call": median_of(runs, "rows_per_call"),
+            "server_cpu_us_per_answer": median_of(runs, "server_cpu_us_per_answer"),
             "shed_503": sum(run["shed_503"] for run in runs),
             "connection_errors": sum(run["connection_errors"] for run in runs),
             "cpu_steal_pct_runs": [run["cpu_steal_pct"] for run in runs]}
@@ -57,7 +91,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32, help="the saturating concurrency")
     parser.add_argument("--idle", type=int, default=480, help="connections beside them (together: 16x of 32)")
     parser.add_argument("--target-ms", type=float, default=2.7, help="the adaptive limit's latency target")
-    parser.add_argument("--fixed", type=int, nargs="*", default=[40, 64], help="fixed limits to compare")
+    parser.add_argument("--fixed", type=int, nargs="*", default=[64, 1024],
+                        help="fixed limits to compare (one above every client refuses nobody)")
     parser.add_argument("--seconds", type=float, default=3)
     parser.add_argument("--repeats", type=int, default=4)
     args = parser.parse_args()
@@ -75,14 +110,14 @@ def main() -> None:
         payload_file = write_payloads(root, payloads)
         servers = {}
         for name, env in variants.items():
-            url, process, log = start_server(stack, bentoml_serve(), {**kubeforge_env(int8, root), **env}, root)
+            url, process, log = start_server(stack, bentoml_serve(), {**kubeforge_env(int8), **env}, root)
             warm_up(url, process, log, payload_file)
             servers[name] = url, process
         for _ in range(args.repeats):
             for load, (sending, idle) in loads(args.clients, args.idle).items():
                 for name, (url, process) in servers.items():
                     with idle_connections(url, idle):
-                        run = closed_loop(url, payload_file, sending, args.seconds, True, server_pid=process.pid)
+                        run = measured(url, process.pid, payload_file, sending, args.seconds)
                     runs[name].setdefault(load, []).append(run)
     alone = next(iter(loads(args.clients, args.idle)))
     by_server = {name: {load: summarize(levels, median_of(by_load[alone], "goodput_per_s"))

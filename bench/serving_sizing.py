@@ -70,7 +70,7 @@ def main() -> None:
         root = Path(tmp)
         _, int8, payloads = prepare_models(root)
         payload_file = write_payloads(root, payloads)
-        served = kubeforge_env(int8, root)
+        served = kubeforge_env(int8)
 
         def launch(target_ms: float | None) -> tuple[str, object]:
             env = served if target_ms is None else {**served, "KUBEFORGE_SERVE_LATENCY_TARGET_MS": str(target_ms)}

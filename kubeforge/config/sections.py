@@ -174,7 +174,8 @@ class ServeConfig(EnvSection):
     min_concurrency: int = Field(8, ge=1, le=100_000, description="admission: the adaptive limit's floor per pod")
     latency_target_ms: float = Field(25.0, gt=0, le=60_000,
                                      description="admission: latency the adaptive limit keeps admitted requests "
-                                                 "within (fractions allowed: size it from a measured median)")
+                                                 "within (fractions allowed: size it from a median measured on the "
+                                                 "node type that serves)")
     max_queue: int = Field(0, ge=0, le=100_000, description="admission: requests per pod that may wait for a slot")
     retry_after_s: int = Field(1, ge=0, le=3600, description="admission: Retry-After of a 503")
     timeout_s: float = Field(10.0, gt=0.0, le=3600.0, description="request timeout")

@@ -9,8 +9,9 @@ server (the adaptive limit with the sized target, and fixed limits) at three loa
 medians, the CPU steal recorded per run: ``--clients`` closed-loop clients alone; the same with ``--idle``
 keep-alive connections opened beside them that never send; and ``--clients + --idle`` polite clients, all sending.
 Each run also records the rows per inference call (from the server's /metrics) and the server's CPU per answer.
+``--pin`` runs the servers and the load generator on separate CPUs.
 
-    python -m bench.serving_connections [--clients 32] [--idle 480] [--target-ms 2.7] [--fixed 64 1024] [--repeats 4]
+    python -m bench.serving_connections [--clients 32] [--idle 480] [--target-ms 2.7] [--fixed 64 1024] [--repeats 4] [--pin]
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from bench._harness import write
+from bench._harness import add_pin_option, pinned_cpus, placement, write
 from bench.serving import bentoml_serve, kubeforge_env, prepare_models, start_server, warm_up, write_payloads
 from bench.serving_overload import closed_loop, median_of
 from kubeforge.serving.meters import FLUSH_INTERVAL_S
@@ -56,10 +57,11 @@ def batch_rows(url: str) -> tuple[float, float]:
     return totals["_sum"], totals["_count"]
 
 
-def measured(url: str, process_pid: int, payload_file: Path, clients: int, seconds: float) -> dict:
+def measured(url: str, process_pid: int, payload_file: Path, clients: int, seconds: float,
+             client_cpus: set[int] | None = None) -> dict:
     """One window of polite clients, with the rows per inference call and the server's CPU per answer in it."""
     rows, calls = batch_rows(url)
-    run = closed_loop(url, payload_file, clients, seconds, True, server_pid=process_pid)
+    run = closed_loop(url, payload_file, clients, seconds, True, client_cpus, server_pid=process_pid)
     rows_after, calls_after = batch_rows(url)
     run["rows_per_call"] = round((rows_after - rows) / (calls_after - calls), 1) if calls_after > calls else None
     answers = run["requests_per_s"]
@@ -95,10 +97,12 @@ def main() -> None:
                         help="fixed limits to compare (one above every client refuses nobody)")
     parser.add_argument("--seconds", type=float, default=3)
     parser.add_argument("--repeats", type=int, default=4)
+    add_pin_option(parser)
     args = parser.parse_args()
     if args.clients < 1 or args.idle < 1 or args.target_ms <= 0 or args.repeats < 1 or args.seconds <= 0 \
             or any(limit < 1 for limit in args.fixed):
         parser.error("--clients, --idle, --repeats and --fixed must be >= 1, --target-ms and --seconds > 0")
+    server_cpus, client_cpus = pinned_cpus(args, parser)
     load_before = os.getloadavg()[0]
     variants = {f"adaptive, {args.target_ms} ms target": {"KUBEFORGE_SERVE_LATENCY_TARGET_MS": str(args.target_ms)}}
     variants |= {f"fixed limit {limit}": {"KUBEFORGE_SERVE_LIMIT_MODE": "fixed",
@@ -110,25 +114,26 @@ def main() -> None:
         payload_file = write_payloads(root, payloads)
         servers = {}
         for name, env in variants.items():
-            url, process, log = start_server(stack, bentoml_serve(), {**kubeforge_env(int8), **env}, root)
-            warm_up(url, process, log, payload_file)
+            url, process, log = start_server(stack, bentoml_serve(), {**kubeforge_env(int8), **env}, root,
+                                             server_cpus)
+            warm_up(url, process, log, payload_file, client_cpus)
             servers[name] = url, process
         for _ in range(args.repeats):
             for load, (sending, idle) in loads(args.clients, args.idle).items():
                 for name, (url, process) in servers.items():
                     with idle_connections(url, idle):
-                        run = measured(url, process.pid, payload_file, sending, args.seconds)
+                        run = measured(url, process.pid, payload_file, sending, args.seconds, client_cpus)
                     runs[name].setdefault(load, []).append(run)
     alone = next(iter(loads(args.clients, args.idle)))
     by_server = {name: {load: summarize(levels, median_of(by_load[alone], "goodput_per_s"))
                         for load, levels in by_load.items()} for name, by_load in runs.items()}
-    write("serving_connections", {
+    write("serving_connections" + ("_pinned" if args.pin else ""), {
         "load_average_1min": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
-        "clients": args.clients, "idle": args.idle, "seconds": args.seconds, "repeats": args.repeats,
+        "cpu_placement": placement(server_cpus, client_cpus), "clients": args.clients, "idle": args.idle, "seconds": args.seconds, "repeats": args.repeats,
         "by_server": by_server,
     }, command=f"python -m bench.serving_connections --clients {args.clients} --idle {args.idle} --target-ms "
                f"{args.target_ms} --fixed {' '.join(map(str, args.fixed))} --seconds {args.seconds} "
-               f"--repeats {args.repeats}")
+               f"--repeats {args.repeats}" + (" --pin" if args.pin else ""))
 
 
 if __name__ == "__main__":

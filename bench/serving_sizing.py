@@ -22,8 +22,8 @@ from pathlib import Path
 
 from bench._harness import add_pin_option, pinned_cpus, placement, write
 from bench.serving import bentoml_serve, kubeforge_env, prepare_models, start_server, warm_up, write_payloads
-from bench.serving_overload import (MODES, pct_of_peak_per_repeat, run_overload, saturated_median_ms, saturation,
-                                     sized_target_ms)
+from bench.serving_overload import (MODES, no_loss_reference, pct_of_peak_per_repeat, run_overload,
+                                     saturated_median_ms, saturation, sized_target_ms)
 
 DEFAULTS = "kubeforge defaults (25 ms target)"
 
@@ -41,6 +41,7 @@ def headroom_rows(levels_by_name: dict[str, list[dict]], targets: dict[str, floa
             "goodput_per_s": [level["goodput_per_s"] for level in levels],
             "goodput_8x_16x_pct_of_run_peak": [round(100 * level["goodput_per_s"] / peak, 1) for level in high],
             "goodput_8x_16x_pct_of_own_peak_per_repeat": [pct_of_peak_per_repeat(levels, level) for level in high],
+            "goodput_no_loss_reference": no_loss_reference(levels),
             "server_cpu_pct": [level["server_cpu_pct"] for level in levels],
             "client_cpu_pct": [level["client_cpu_pct"] for level in levels],
             "goodput_per_server_cpu_s": [level["goodput_per_server_cpu_s"] for level in levels],

@@ -125,6 +125,11 @@ def steal_pct(before: list[int] | None, after: list[int] | None) -> float | None
 
 # ---- servers under test ---------------------------------------------------------------------------------------
 
+def metric_total(text: str, name: str) -> float:
+    """The sum of every sample in a Prometheus text page whose name starts with ``name`` (all its label sets)."""
+    return sum(float(line.rsplit(maxsplit=1)[1]) for line in text.splitlines() if line.startswith(name))
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

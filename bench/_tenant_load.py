@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from bench._harness import free_port, ms, percentile, pydoc_prompts, stop, wait_ready
+from bench._harness import free_port, metric_total, ms, percentile, pydoc_prompts, stop, wait_ready
 
 STARTUP_TIMEOUT_S = 300
 MAX_TOKENS = 64
@@ -144,8 +144,7 @@ async def count_tokens(url: str, start: float, end: float) -> float:
     async def read() -> float:
         async with client_session(2) as http, http.get(url + "/metrics") as response:
             text = await response.text()
-        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                   if line.startswith("kubeforge:generation_tokens_total"))
+        return metric_total(text, "kubeforge:generation_tokens_total")
 
     await asyncio.sleep(max(0.0, start - time.perf_counter()))
     before = await read()

@@ -11,7 +11,8 @@ keep-alive connections opened beside them that never send; and ``--clients + --i
 Each run also records the rows per inference call (from the server's /metrics) and the server's CPU per answer.
 ``--pin`` runs the servers and the load generator on separate CPUs.
 
-    python -m bench.serving_connections [--clients 32] [--idle 480] [--target-ms 2.7] [--fixed 64 1024] [--repeats 4] [--pin]
+    python -m bench.serving_connections [--clients 32] [--idle 480] [--target-ms 2.7] [--fixed 64 1024] [--repeats 4]
+                                        [--pin]
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from bench._harness import add_pin_option, pinned_cpus, placement, write
+from bench._harness import add_pin_option, metric_total, pinned_cpus, placement, write
 from bench.serving import bentoml_serve, kubeforge_env, prepare_models, start_server, warm_up, write_payloads
 from bench.serving_overload import closed_loop, median_of
 from kubeforge.serving.meters import FLUSH_INTERVAL_S
@@ -49,12 +50,7 @@ def batch_rows(url: str) -> tuple[float, float]:
     time.sleep(2 * FLUSH_INTERVAL_S)
     with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
         text = response.read().decode()
-    totals = {"_sum": 0.0, "_count": 0.0}
-    for line in text.splitlines():
-        for suffix in totals:
-            if line.startswith(BATCH_ROWS + suffix):
-                totals[suffix] += float(line.rsplit(maxsplit=1)[1])
-    return totals["_sum"], totals["_count"]
+    return metric_total(text, BATCH_ROWS + "_sum"), metric_total(text, BATCH_ROWS + "_count")
 
 
 def measured(url: str, process_pid: int, payload_file: Path, clients: int, seconds: float,
@@ -129,7 +125,8 @@ def main() -> None:
                         for load, levels in by_load.items()} for name, by_load in runs.items()}
     write("serving_connections" + ("_pinned" if args.pin else ""), {
         "load_average_1min": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
-        "cpu_placement": placement(server_cpus, client_cpus), "clients": args.clients, "idle": args.idle, "seconds": args.seconds, "repeats": args.repeats,
+        "cpu_placement": placement(server_cpus, client_cpus), "clients": args.clients, "idle": args.idle,
+        "seconds": args.seconds, "repeats": args.repeats,
         "by_server": by_server,
     }, command=f"python -m bench.serving_connections --clients {args.clients} --idle {args.idle} --target-ms "
                f"{args.target_ms} --fixed {' '.join(map(str, args.fixed))} --seconds {args.seconds} "

@@ -125,11 +125,12 @@ def no_loss_reference(levels: list[dict], trials: int = NO_LOSS_TRIALS) -> dict:
     repeat drawn around one true goodput with the run's own spread (the median coefficient of variation of its
     levels' repeats); independent draws, so a neighbour that slows a whole repeat is not modelled (the per-repeat
     share is for that)."""
-    spreads = [statistics.stdev(level["goodput_runs"]) / statistics.mean(level["goodput_runs"])
-               for level in levels if len(level["goodput_runs"]) > 1 and statistics.mean(level["goodput_runs"]) > 0]
+    repeats_by_level = [level["goodput_runs"] for level in levels]
+    spreads = [statistics.stdev(runs) / mean for runs in repeats_by_level
+               if len(runs) > 1 and (mean := statistics.mean(runs)) > 0]
     if not spreads:
         return {"run_to_run_cv": None, "lower_share_pct_mean": None, "miss_85pct_probability": None}
-    cv, repeats = statistics.median(spreads), len(levels[0]["goodput_runs"])
+    cv, repeats = statistics.median(spreads), len(repeats_by_level[0])
     high = [index for index, level in enumerate(levels) if level["factor"] >= 8]
     draw = random.Random(0)
     lower_shares = []

@@ -54,10 +54,11 @@ def batch_rows(url: str) -> tuple[float, float]:
 
 
 def measured(url: str, process_pid: int, payload_file: Path, clients: int, seconds: float,
-             client_cpus: set[int] | None = None) -> dict:
-    """One window of polite clients, with the rows per inference call and the server's CPU per answer in it."""
+             client_cpus: set[int] | None = None, honour: bool = True) -> dict:
+    """One window of polite clients (``honour``: they honour Retry-After), with the rows per inference call and the
+    server's CPU per answer in it."""
     rows, calls = batch_rows(url)
-    run = closed_loop(url, payload_file, clients, seconds, True, client_cpus, server_pid=process_pid)
+    run = closed_loop(url, payload_file, clients, seconds, honour, client_cpus, server_pid=process_pid)
     rows_after, calls_after = batch_rows(url)
     run["rows_per_call"] = round((rows_after - rows) / (calls_after - calls), 1) if calls_after > calls else None
     answers = run["requests_per_s"]

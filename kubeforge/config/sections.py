@@ -157,7 +157,10 @@ class ServeConfig(EnvSection):
     Admission (kubeforge.serving.admission): at most ``max_concurrency`` requests in flight per pod (fixed), or a
     limit that adapts between ``min_concurrency`` and ``max_concurrency`` to keep requests within
     ``latency_target_ms`` (adaptive); up to ``max_queue`` more wait for a slot; the rest get 503 with
-    ``Retry-After: retry_after_s`` before their body is read. Pod-wide counts are split evenly across workers.
+    ``Retry-After: retry_after_s`` before their body is read, except that while refused clients come straight back
+    (one in 64 is still refused, to check) a request without a slot waits for one instead (parked, at no CPU, until
+    its deadline). Pod-wide
+    counts are split evenly across workers.
     """
 
     workers: int = Field(1, ge=1, le=64, description="server worker processes")

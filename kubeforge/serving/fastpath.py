@@ -137,7 +137,7 @@ class Exchange:
     (``response_complete``, ``keep_alive``, ``disconnected``); to the batcher like an asyncio.Future."""
 
     __slots__ = ("protocol", "route", "headers", "keep_alive", "started", "chunks", "admitted", "ticket", "request",
-                 "response_complete", "disconnected")
+                 "response_complete", "disconnected", "complete")
     message_event = _NoEvent()
 
     def __init__(self, protocol: FastPathProtocol, route: FastRoute, headers: list[tuple[bytes, bytes]],
@@ -151,30 +151,30 @@ class Exchange:
         self.request: Any = None
         self.response_complete = False
         self.disconnected = False
+        self.complete = False  # the whole body is in
         route.on_request()
         if protocol.refused_at:  # this connection's last request was refused: is the client back too soon?
             route.handlers.state.admission.came_back(protocol.refused_at)
             protocol.refused_at = 0.0
-        # admitted or shed before a byte of the body is looked at
-        self.admitted: tuple[ModelRuntime, MicroBatcher, Ticket] | Shed = route.handlers.admit_now()
-        self.ticket: Ticket | None = None if isinstance(self.admitted, Shed) else self.admitted[2]
+        # admitted, shed or parked (None: while refusing is futile) before a byte of the body is looked at
+        self.admitted: tuple[ModelRuntime, MicroBatcher, Ticket] | Shed | None = route.handlers.admit_now(self)
+        self.ticket: Ticket | None = None if self.admitted is None or isinstance(self.admitted, Shed) \
+            else self.admitted[2]
 
     def refuse_if_shed(self) -> None:
         """A shed request is answered at once, before its body arrives (the rest of it is parsed and dropped)."""
-        shed = self.admitted
-        if isinstance(shed, Shed):
-            if shed.reason != SHED_NOT_READY:
-                self.protocol.refused_at = self.route.handlers.state.admission.clock()
-            self.respond(503, self.route.refusal(shed.message), retry_after(shed))
+        if isinstance(self.admitted, Shed):
+            self.expire(self.admitted)
 
     def body(self, chunk: bytes) -> None:
         if not self.response_complete:
             self.chunks.append(chunk)
 
     def received(self) -> None:
-        """The whole body is in: refuse a bad body, or hand the rows to the batcher."""
+        """The whole body is in: refuse a bad body, or hand the rows to the batcher (a parked request: once resumed)."""
+        self.complete = True
         admitted = self.admitted
-        if self.response_complete or isinstance(admitted, Shed):
+        if self.response_complete or admitted is None or isinstance(admitted, Shed):
             return
         runtime, batcher, ticket = admitted
         self.route.handlers.state.admission.received(ticket)
@@ -185,6 +185,19 @@ class Exchange:
             return
         self.chunks = []
         batcher.submit(rows, self, ticket.deadline)
+
+    # admission's side while parked (kubeforge.serving.admission.Parked)
+    def resume(self, ticket: Ticket) -> None:
+        self.admitted = self.route.handlers.admitted(ticket)
+        self.ticket = ticket
+        if self.complete:
+            self.received()
+
+    def expire(self, refusal: Shed) -> None:
+        """Answer the refusal; one that steers the limit is remembered on the connection (``came_back``)."""
+        if refusal.reason != SHED_NOT_READY:
+            self.protocol.refused_at = self.route.handlers.state.admission.clock()
+        self.respond(503, self.route.refusal(refusal.message), retry_after(refusal))
 
     # the batcher's side (kubeforge.serving.batching.Waiter)
     def cancelled(self) -> bool:

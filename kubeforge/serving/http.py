@@ -19,7 +19,7 @@ import numpy as np
 import orjson
 
 from kubeforge.serving import oip
-from kubeforge.serving.admission import SHED_DEADLINE, Admission, Shed, Ticket, retry_headers
+from kubeforge.serving.admission import SHED_DEADLINE, Admission, Parked, Shed, Ticket, retry_headers
 from kubeforge.serving.batching import MicroBatcher, Overloaded
 from kubeforge.serving.limits import (JSON_BYTES, PayloadTooLarge, declared_too_large, error_body, read_body,
                                       route_path, send_json)
@@ -50,8 +50,9 @@ class ServingState:
     def serve(self, runtime: ModelRuntime, on_batch: Callable[[int], None] | None = None) -> None:
         config = runtime.config
         admission = self.admission
-        self.batcher = MicroBatcher(runtime.predict_proba, config.max_batch_size, on_batch, clock=admission.clock,
-                                    yield_between=lambda: admission.shedding == "effective")
+        self.batcher = batcher = MicroBatcher(runtime.predict_proba, config.max_batch_size, on_batch,
+                                              clock=admission.clock, slice_answers=admission.slice_answers)
+        admission.leaving = lambda: batcher.pending
         self.model_json = json.dumps(runtime.describe(), separators=(",", ":")).encode()
         self._documents.clear()
         self.runtime = runtime  # last: a request sees a runtime only once everything else is in place
@@ -138,13 +139,21 @@ class Handlers:
             return 503
         return admitted
 
-    def admit_now(self) -> tuple[ModelRuntime, MicroBatcher, Ticket] | Shed:
-        """Readiness and admission without waiting (the policy has no queue): the fast path's, and ``_admit``'s."""
+    def admit_now(self, park: Parked | None = None) -> tuple[ModelRuntime, MicroBatcher, Ticket] | Shed | None:
+        """Readiness and admission without waiting (the policy has no queue): the fast path's, and ``_admit``'s.
+        None: parked (kubeforge.serving.admission), ``park`` resumes with a ticket or expires with a refusal."""
         runtime, batcher = self.state.runtime, self.state.batcher
         if runtime is None or batcher is None:
             return self.state.admission.refuse_not_ready(NOT_LOADED)
-        ticket = self.state.admission.admit()
-        return ticket if isinstance(ticket, Shed) else (runtime, batcher, ticket)
+        ticket = self.state.admission.admit(park)
+        return ticket if ticket is None or isinstance(ticket, Shed) else self.admitted(ticket)
+
+    def admitted(self, ticket: Ticket) -> tuple[ModelRuntime, MicroBatcher, Ticket]:
+        """What an admitted request works with: admit_now's, and a parked request's once given a slot (a loaded
+        model stays loaded)."""
+        runtime, batcher = self.state.runtime, self.state.batcher
+        assert runtime is not None and batcher is not None
+        return runtime, batcher, ticket
 
     def overloaded(self, exc: Overloaded) -> Shed:
         """The 503 for a request whose deadline passed before its batch was formed (counted as timed out)."""

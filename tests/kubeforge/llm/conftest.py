@@ -23,7 +23,7 @@ def _offline_hub(tmp_path_factory, monkeypatch):
     monkeypatch.delenv("HF_TOKEN", raising=False)
 
 
-def build_tiny_lm(destination: Path, *, seed: int = 0, context: int = TEST_CONTEXT) -> Path:
+def build_tiny_lm(destination: Path, *, seed: int = 0, context: int = TEST_CONTEXT, layers: int = 2) -> Path:
     """A randomly initialised Llama with a byte-level BPE trained on Python's own docs, saved as safetensors."""
     import torch
     from pydoc_data.topics import topics
@@ -33,7 +33,7 @@ def build_tiny_lm(destination: Path, *, seed: int = 0, context: int = TEST_CONTE
 
     tokenizer = train_tokenizer([topics[name][:2000] for name in sorted(topics)[:10]], TEST_VOCAB,
                                 model_max_length=context)
-    config = LlamaConfig(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+    config = LlamaConfig(hidden_size=48, intermediate_size=96, num_hidden_layers=layers, num_attention_heads=4,
                          num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=context,
                          tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -11,6 +10,8 @@ import time
 from pathlib import Path
 
 import httpx
+
+from tests.prometheus_text import sample
 
 STARTUP_TIMEOUT_S = 180
 
@@ -64,16 +65,7 @@ class LLMServer:
 
     def metric(self, name: str, **labels: str) -> float:
         """One sample from /metrics (0 when absent)."""
-        text = httpx.get(self.url + "/metrics", timeout=5).text
-        wanted = {f'{key}="{value}"' for key, value in labels.items()}
-        for line in text.splitlines():
-            match = re.match(r"^([^{\s]+)(?:\{([^}]*)\})?\s+(\S+)$", line)
-            if not match or match.group(1) != name:
-                continue
-            present = set(match.group(2).split(",")) if match.group(2) else set()
-            if wanted <= present:
-                return float(match.group(3))
-        return 0.0
+        return sample(httpx.get(self.url + "/metrics", timeout=5).text, name, **labels)
 
     def stop(self) -> None:
         self.process.terminate()

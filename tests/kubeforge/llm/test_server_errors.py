@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import urllib.error
 import urllib.request
@@ -10,8 +11,11 @@ import httpx
 import openai
 import pytest
 
+from tests.waiting import eventually
+
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 PROMPT = "The with statement"
+LONG_TOKENS = 2000  # with the small server's 2048-token context
 GOOD = {"model": "base", "prompt": PROMPT, "max_tokens": 2}
 CHAT = {"model": "base", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 
@@ -150,16 +154,17 @@ def test_a_client_that_sends_the_whole_body_first_sees_the_413_not_a_reset(llm_s
 
 @pytest.fixture(scope="module")
 def small_server(tmp_path_factory):
-    """One row in the batch, one queued sequence, three requests in flight, no admin API; a model with a long
-    context, so one request can run for seconds."""
+    """One row in the batch, one queued sequence, three requests in flight, no admin API; a deeper model with a long
+    context, so one request runs for seconds."""
     from tests.kubeforge.llm.conftest import build_tiny_lm
     from tests.kubeforge.llm.server import LLMServer
 
     root = tmp_path_factory.mktemp("small-llm-server")
-    model = build_tiny_lm(root / "model", context=2048)
+    model = build_tiny_lm(root / "model", context=2048, layers=12)
     server = LLMServer(root, KUBEFORGE_LLM_MODEL=str(model),
                        KUBEFORGE_LLM_THREADS="1", KUBEFORGE_LLM_MAX_RUNNING="1", KUBEFORGE_LLM_MAX_WAITING="1",
-                       KUBEFORGE_LLM_MAX_CONCURRENCY="3", KUBEFORGE_LLM_RETRY_AFTER_S="2")
+                       KUBEFORGE_LLM_MAX_CONCURRENCY="3", KUBEFORGE_LLM_RETRY_AFTER_S="2",
+                       KUBEFORGE_LLM_MAX_TOKENS_LIMIT=str(LONG_TOKENS))
     try:
         server.wait("/readyz", 200)
         yield server
@@ -173,40 +178,66 @@ def test_the_admin_api_is_off_unless_enabled(small_server):
     assert "KUBEFORGE_LLM_ADMIN_API" in error["message"]
 
 
-def test_beyond_the_queue_and_the_concurrency_limit_requests_get_503_with_retry_after(small_server):
-    import asyncio
+async def until(check, what: str) -> None:
+    await asyncio.to_thread(eventually, check, what)
 
-    long = completion(max_tokens=1000, ignore_eos=True)
+
+def test_beyond_the_queue_a_request_gets_503_queue_full_with_retry_after(small_server):
+    long = completion(max_tokens=LONG_TOKENS, ignore_eos=True, stream=True)  # seconds of decoding on a fast host
 
     async def main():
-        async with httpx.AsyncClient(base_url=small_server.url, timeout=60) as http:
-            running = asyncio.create_task(http.post("/v1/completions", json=long))  # takes the batch's one row
-            await asyncio.sleep(0.3)
-            queued = asyncio.create_task(http.post("/v1/completions", json=long))  # the one queued sequence
-            await asyncio.sleep(0.3)
-            queue_full = await http.post("/v1/completions", json=long)
-            release = asyncio.Event()
+        async with httpx.AsyncClient(base_url=small_server.url, timeout=120) as http:
+            def start():  # the response once its headers are in; closing it leaves, which aborts the completion
+                request = http.build_request("POST", "/v1/completions", json=long)
+                return asyncio.create_task(http.send(request, stream=True))
 
-            async def slow_body():  # holds the third in-flight slot while its body is still coming
-                yield json.dumps(long).encode()[:10]
-                await release.wait()
+            running = await start()
+            await until(lambda: small_server.metric("kubeforge:num_requests_running") == 1, "the batch's one row taken")
+            queued = start()
+            await until(lambda: small_server.metric("kubeforge:num_requests_waiting") == 1, "the one queued sequence")
+            queue_full = await http.post("/v1/completions", json=GOOD)
+            await running.aclose()
+            queued = await queued
+            await queued.aclose()
+            return queue_full, running, queued
 
-            uploading = asyncio.create_task(http.post("/v1/completions", content=slow_body()))
-            await asyncio.sleep(0.3)
-            over_limit = await http.post("/v1/completions", json=long)
-            release.set()
-            uploading.cancel()
-            return queue_full, over_limit, await running, await queued
-
-    queue_full, over_limit, *served = asyncio.run(main())
+    queue_full, *served = asyncio.run(main())
     assert assert_error_shape(queue_full, 503)["code"] == "queue_full"
     assert queue_full.headers["retry-after"] == "2"
+    assert [r.status_code for r in served] == [200, 200]
+    eventually(lambda: small_server.metric("kubeforge_admission_shed_total", service="llm", reason="queue_full") >= 1,
+               "the refusal counted")
+    assert_still_serving(small_server)
+
+
+def test_beyond_the_concurrency_limit_a_request_gets_503_before_its_body_is_read(small_server):
+    """Three uploads that never finish their bodies hold the three in-flight slots for as long as the test wants."""
+    async def main():
+        release = asyncio.Event()
+
+        async def slow_body():
+            yield json.dumps(GOOD).encode()[:10]
+            await release.wait()
+
+        async with httpx.AsyncClient(base_url=small_server.url, timeout=60) as http:
+            uploads = []
+            for held in range(1, 4):  # one at a time, each admitted before the next, so none is the one refused
+                uploads.append(asyncio.create_task(http.post("/v1/completions", content=slow_body())))
+                await until(lambda: small_server.metric("kubeforge_admission_in_flight", service="llm") == held,
+                            f"{held} uploads admitted")
+            over_limit = await http.post("/v1/completions", json=GOOD)
+            release.set()
+            for upload in uploads:
+                upload.cancel()
+            await asyncio.gather(*uploads, return_exceptions=True)
+            return over_limit
+
+    over_limit = asyncio.run(main())
     assert assert_error_shape(over_limit, 503)["code"] == "concurrency_limit"
     assert over_limit.headers["retry-after"] == "2"
-    assert [r.status_code for r in served[:2]] == [200, 200]
-    for reason in ("queue_full", "concurrency_limit"):
-        assert small_server.metric("kubeforge_admission_shed_total", service="llm", reason=reason) >= 1, reason
-    assert_still_serving(small_server)
+    eventually(lambda: small_server.metric("kubeforge_admission_shed_total", service="llm",
+                                           reason="concurrency_limit") >= 1, "the refusal counted")
+    assert_still_serving(small_server)  # the uploads that left gave their slots back
 
 
 def test_a_model_that_cannot_load_fails_liveness(tmp_path):

@@ -12,6 +12,7 @@ from kubeforge.config import TrainConfig
 from kubeforge.models import build_model, save_model
 from kubeforge.training import set_seed, train_model
 from tests.kubeforge.conftest import spec_for
+from tests.prometheus_text import sample
 
 STARTUP_TIMEOUT_S = 120
 
@@ -77,6 +78,10 @@ class Server:
             time.sleep(0.2)
         raise AssertionError(f"{path} never returned {status}; seen {sorted(set(seen))}\n"
                              + Path(self.log.name).read_text()[-3000:])
+
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample from /metrics (0 when absent)."""
+        return sample(httpx.get(self.url + "/metrics", timeout=5).text, name, **labels)
 
     def stop(self) -> None:
         self.process.terminate()

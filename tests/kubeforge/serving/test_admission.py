@@ -3,8 +3,8 @@ import asyncio
 import pytest
 from prometheus_client import CollectorRegistry
 
-from kubeforge.serving.admission import (SHED_DEADLINE, SHED_LIMIT, SHED_NOT_READY, SHED_QUEUE_FULL, Admission,
-                                         AdmissionPolicy, Shed, Ticket, retry_headers)
+from kubeforge.serving.admission import (FUTILE_HOLD_S, PARK_PROBE_EVERY, SHED_DEADLINE, SHED_LIMIT, SHED_NOT_READY,
+                                         SHED_QUEUE_FULL, Admission, AdmissionPolicy, Shed, Ticket, retry_headers)
 from kubeforge.serving.meters import Meters
 
 
@@ -30,6 +30,29 @@ def test_a_fixed_limit_admits_up_to_the_limit_then_sheds_at_once_with_the_reason
     assert refused == Shed(SHED_LIMIT, refused.message, 3) and "concurrency limit" in refused.message
     admission.done(first)
     assert isinstance(admission.admit(), Ticket)
+
+
+def test_answers_computed_but_not_yet_written_count_as_free_slots():
+    """While the batcher lets the loop read between answers, an arrival takes a slot that a computed answer is about
+    to free, as it would once the answer is written; the rest are refused at once."""
+    admission = Admission(fixed(2))
+    admission.admit(), admission.admit()
+    assert isinstance(admission.admit(), Shed)
+    admission.leaving = lambda: 1
+    assert isinstance(admission.admit(), Ticket) and isinstance(admission.admit(), Shed)
+
+
+def test_answers_are_sliced_only_while_the_worker_is_full_and_refusing_is_not_futile():
+    admission = Admission(fixed(2))
+    first = admission.admit()
+    assert not admission.slice_answers()  # room for the next arrival: reading it early only splits batches
+    admission.admit()
+    assert admission.slice_answers()  # the next arrival is refused: read it now, its 503 goes out now
+    admission.shedding = "futile"
+    assert not admission.slice_answers()  # a faster 503 to a client that sends again at once is the next refusal
+    admission.shedding = "idle"
+    admission.done(first)
+    assert not admission.slice_answers()
 
 
 def test_metrics_count_admitted_shed_by_reason_and_timed_out_and_sample_the_gauges():
@@ -228,6 +251,144 @@ def test_refused_connections_back_before_their_retry_after_make_shedding_futile_
         admission.came_back(refused_at)
     closed_loop(admission, clock, 0.01, windows=1, refused_per_admitted=0.05)
     assert admission.shedding == "effective"
+
+
+class Waiting:
+    """A parked request, as the fast path's exchange is to admission: it records what it was given."""
+
+    def __init__(self, admission: Admission | None = None):
+        self.ticket: Ticket | None = None
+        self.refusal: Shed | None = None
+        self.gone = False
+        self.admission = admission  # set: answered as soon as it resumes (no batching), freeing its slot at once
+
+    def done(self) -> bool:
+        return self.gone or self.ticket is not None or self.refusal is not None
+
+    def resume(self, ticket: Ticket) -> None:
+        self.ticket = ticket
+        if self.admission is not None:
+            self.admission.done(ticket)
+
+    def expire(self, refusal: Shed) -> None:
+        self.refusal = refusal
+
+
+def refused_came_back(admission: Admission, clock: Clock) -> None:
+    """One window in which the refused connections sent again at once (the fast path reports each): the evidence
+    that refusing them is futile, and that parking them helps."""
+    ticket = admission.admit()
+    assert isinstance(ticket, Ticket)
+    for _ in range(4 * admission.current_limit):
+        admission.shed(Shed("concurrency_limit", "test", 1))
+        admission.came_back(clock.now)
+    clock.now += 0.2
+    admission.done(ticket)
+    assert admission.shedding == "futile"
+
+
+def test_only_refused_connections_that_came_straight_back_let_requests_without_a_slot_be_parked_and_for_a_while():
+    clock = Clock()
+    admission = Admission(fixed(1, deadline_s=1.0), clock=clock)
+    closed_loop(admission, clock, 0.01, windows=2, refused_per_admitted=3)  # many refusals per completion
+    assert admission.shedding == "futile"  # ...which is also what a polite crowd's first burst looks like
+    holder = admission.admit()
+    assert isinstance(admission.admit(Waiting()), Shed)  # so it is still told to go away
+    admission.done(holder)
+    refused_came_back(admission, clock)
+    holder = admission.admit()
+    assert admission.admit(Waiting()) is None  # parked
+    clock.now += FUTILE_HOLD_S + 0.1  # later, with no new evidence: refused again, to see whether they come back
+    assert isinstance(admission.admit(Waiting()), Shed)
+
+
+def test_while_refusing_is_futile_a_request_without_a_slot_is_parked_and_gets_the_next_one_in_arrival_order():
+    clock = Clock()
+    admission = Admission(fixed(2, deadline_s=1.0), clock=clock)
+    first, second = admission.admit(), admission.admit()
+    waiting = Waiting()
+    assert isinstance(admission.admit(waiting), Shed)  # refusing works (or nobody knows yet): a 503
+    admission.done(second)
+    refused_came_back(admission, clock)
+    second = admission.admit()
+    early, late = Waiting(), Waiting()
+    assert admission.admit(early) is None and admission.admit(late) is None  # parked: no 503, not counted as shed
+    assert admission._refused == 0 and len(admission.parked) == 2
+    assert isinstance(admission.admit(), Shed)  # a caller that cannot wait is still refused
+    parked_at = clock.now
+    clock.now += 0.05
+    admission.done(first)
+    assert early.ticket is not None and late.ticket is None and admission.in_flight == 2
+    assert early.ticket.arrived == parked_at and early.ticket.deadline == parked_at + 1.0  # its wait counts
+    late.gone = True  # its client went away while parked
+    admission.done(second)
+    assert not admission.parked and admission.in_flight == 1  # the slot stays free for the next arrival
+
+
+def test_a_parked_request_past_its_deadline_is_refused_when_a_slot_frees_and_the_refusal_counts():
+    clock = Clock()
+    admission = Admission(fixed(1, deadline_s=0.5), clock=clock)
+    refused_came_back(admission, clock)
+    ticket = admission.admit()
+    stale, fresh = Waiting(), Waiting()
+    admission.admit(stale)
+    clock.now += 0.4
+    admission.admit(fresh)
+    clock.now += 0.2
+    admission.done(ticket)
+    assert stale.refusal is not None and stale.refusal.reason == SHED_DEADLINE and stale.ticket is None
+    assert fresh.ticket is not None and admission._refused == 1  # the windows see the refusal
+
+
+def test_parked_requests_answered_as_they_resume_free_their_slots_into_the_same_loop():
+    """Without batching a resumed request is answered inside done(): the next parked one gets the slot without a
+    nested hand-over per request."""
+    clock = Clock()
+    admission = Admission(fixed(1), clock=clock)
+    refused_came_back(admission, clock)
+    ticket = admission.admit()
+    waiting = [Waiting(admission) for _ in range(2000)]  # deeper than Python's recursion limit, were it nested
+    parked = [request for request in waiting if admission.admit(request) is None]  # less the probes
+    admission.done(ticket)
+    assert len(parked) > 1900 and all(request.ticket is not None for request in parked)
+    assert admission.in_flight == 0
+
+
+def test_while_parking_one_request_in_so_many_is_refused_to_probe_whether_the_refused_still_come_straight_back():
+    clock = Clock()
+    admission = Admission(fixed(1, deadline_s=10.0), clock=clock)
+    refused_came_back(admission, clock)
+    holder = admission.admit()
+    parked: list[Waiting] = []
+
+    def arrivals(come_back: bool) -> list[int]:
+        """PARK_PROBE_EVERY requests that find no slot; the indices of those refused."""
+        refused = []
+        for index in range(PARK_PROBE_EVERY):
+            request = Waiting()
+            if isinstance(admission.admit(request), Shed):
+                refused.append(index)
+                if come_back:
+                    admission.came_back(clock.now)
+            else:
+                parked.append(request)
+        return refused
+
+    def next_window() -> Ticket:
+        clock.now += 0.1
+        admission.done(holder)
+        resumed = parked.pop(0)  # the slot went to the first parked request
+        assert resumed.ticket is not None
+        return resumed.ticket
+
+    assert arrivals(come_back=True) == [PARK_PROBE_EVERY - 1]  # one probe, the rest parked
+    for _ in range(30):  # 3 s of windows, far past FUTILE_HOLD_S, each with a probe whose client came straight back
+        holder = next_window()
+        assert arrivals(come_back=True) == [PARK_PROBE_EVERY - 1]  # still parking: each probe renewed the hold
+    assert arrivals(come_back=False) == [PARK_PROBE_EVERY - 1]  # now the probes' clients stay away...
+    clock.now += FUTILE_HOLD_S
+    holder = next_window()
+    assert arrivals(come_back=False) == list(range(PARK_PROBE_EVERY))  # ...and the hold lapses: all refused
 
 
 def test_refusals_before_the_model_is_ready_do_not_steer_the_limit():

@@ -4,7 +4,7 @@ import time
 import numpy as np
 import pytest
 
-from kubeforge.serving.batching import ANSWERS_PER_TURN, MicroBatcher, Overloaded
+from kubeforge.serving.batching import ANSWER_SLICE_S, MicroBatcher, Overloaded
 
 
 class Recorder:
@@ -104,27 +104,80 @@ def test_a_failing_model_fails_its_requests_and_the_batcher_keeps_serving():
 
 
 
-@pytest.mark.parametrize("yield_between, answered_before_the_loop_reads",
-                         [(lambda: True, ANSWERS_PER_TURN), (lambda: False, 40), (None, 40)])
-def test_while_shedding_works_the_loop_gets_a_turn_every_few_answers(yield_between, answered_before_the_loop_reads):
-    """A callback the loop got meanwhile (a socket read: a refusal to send) runs after ANSWERS_PER_TURN answers, not
-    after the whole queue; when yield_between says no (refusals are futile), or there is none, the queue is answered
-    in one go."""
-    seen = []
+class SlowAnswer:
+    """A waiter whose answer (encode and write) takes ``cost`` seconds on the test's clock."""
+
+    def __init__(self, future: asyncio.Future, clock: list[float], cost: float):
+        self.future, self.clock, self.cost = future, clock, cost
+
+    def cancelled(self) -> bool:
+        return self.future.cancelled()
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    def set_result(self, result) -> None:
+        self.clock[0] += self.cost
+        self.future.set_result(result)
+
+    def set_exception(self, exception: BaseException) -> None:
+        self.future.set_exception(exception)
+
+
+def sliced_turn(slice_answers, answers: int = 10, late: dict[int, int] | None = None):
+    """One batch of ``answers`` requests, each answer taking 0.4 of ANSWER_SLICE_S: what the loop saw each time it
+    got a turn while the batch was answered (answers written, answers pending), and each inference call's rows.
+    ``late`` submits more requests at the n-th such turn (0: the turn after the batch), as a socket read would."""
+    now = [0.0]
+    seen: list[tuple[int, int]] = []
+    model = Recorder()
 
     async def scenario():
         loop = asyncio.get_running_loop()
-        futures = [loop.create_future() for _ in range(40)]
+        futures = [loop.create_future() for _ in range(answers)]
+        batcher = MicroBatcher(model, max_batch_size=64, clock=lambda: now[0], slice_answers=slice_answers)
 
-        def model(X: np.ndarray) -> np.ndarray:
-            loop.call_soon(lambda: seen.append(sum(future.done() for future in futures)))  # "a request arrived"
-            return X / X.sum(axis=1, keepdims=True)
+        def arrive(count: int) -> None:
+            for _ in range(count):
+                futures_late.append(loop.create_future())
+                batcher.submit(rows(1.0), SlowAnswer(futures_late[-1], now, 0.4 * ANSWER_SLICE_S))
 
-        batcher = MicroBatcher(model, max_batch_size=64, yield_between=yield_between)
+        def probe():  # runs once per loop turn, until the turn after the first batch is answered
+            written = sum(future.done() for future in futures)
+            if written == answers:
+                arrive((late or {}).get(0, 0))
+                return
+            if written:
+                seen.append((written, batcher.pending))
+                arrive((late or {}).get(len(seen), 0))
+            loop.call_soon(probe)
+
+        futures_late: list[asyncio.Future] = []
         for index, future in enumerate(futures):
-            batcher.submit(rows(float(index + 1)), future)
-        answers = await asyncio.gather(*futures)
-        assert batcher.calls == 1 and all(np.allclose(answer.sum(), 1.0) for answer in answers)
+            batcher.submit(rows(float(index + 1)), SlowAnswer(future, now, 0.4 * ANSWER_SLICE_S))
+        loop.call_soon(probe)
+        await asyncio.gather(*futures)
+        await asyncio.gather(*futures_late)
 
     asyncio.run(scenario())
-    assert seen == [answered_before_the_loop_reads]
+    return seen, model.batch_sizes
+
+
+def test_while_the_worker_is_full_the_loop_reads_after_every_slice_of_answering():
+    """A refusal to send (a socket read) waits about ANSWER_SLICE_S, not the whole batch; the answers computed but not
+    yet written are reported as pending meanwhile, so admission counts their slots as free."""
+    seen, batch_sizes = sliced_turn(lambda: True)
+    assert seen == [(3, 7), (6, 4), (9, 1)] and batch_sizes == [10]
+
+
+@pytest.mark.parametrize("slice_answers", [lambda: False, None])
+def test_while_the_worker_has_room_or_refusing_is_futile_the_batch_is_answered_in_one_go(slice_answers):
+    seen, batch_sizes = sliced_turn(slice_answers)
+    assert seen == [] and batch_sizes == [10]
+
+
+def test_requests_read_between_slices_wait_for_the_turn_and_go_in_one_batch():
+    """Arrivals read between slices do not each start a small batch: the next batch is formed after the turn, with
+    everything read meanwhile, as without slices."""
+    seen, batch_sizes = sliced_turn(lambda: True, late={1: 2, 2: 1, 0: 1})
+    assert [written for written, _ in seen] == [3, 6, 9] and batch_sizes == [10, 4]

@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from tests.kubeforge.serving.conftest import Server
+from tests.waiting import eventually
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
@@ -98,7 +99,7 @@ def test_the_fast_path_answers_exactly_as_the_asgi_path(paths, digits):
     assert v2 == [200] * 4 + [400] * 4, v2
     assert "not finite" in answers["fast"][9].json()[0]["error"]
     assert answers["fast"][len(predict) + 2].headers["content-type"] == "application/octet-stream"
-    assert fast_path_count(paths["fast"]) - before == len(statuses)
+    eventually(lambda: fast_path_count(paths["fast"]) - before == len(statuses), "every request counted")
     assert fast_path_count(paths["asgi"]) == 0
 
 
@@ -159,13 +160,16 @@ def test_a_client_gone_before_its_answer_gives_its_slot_back(served_onnx_dir, tm
     limited = Server(served_onnx_dir, tmp_path, KUBEFORGE_SERVE_MAX_CONCURRENCY="1",
                      KUBEFORGE_SERVE_MIN_CONCURRENCY="1", KUBEFORGE_SERVE_LIMIT_MODE="fixed")
     body = json.dumps({"instances": [digits.X_test[0].tolist()]}).encode()
+    def in_flight() -> float:
+        return limited.metric("kubeforge_admission_in_flight", service="classifier")
+
     try:
         limited.wait("/readyz", 200)
         for _ in range(3):  # each holds the only slot, then goes away mid-body
             with socket.create_connection(("127.0.0.1", limited.port)) as sock:
                 sock.sendall(raw_request(body)[:-10])
-                time.sleep(0.2)
-        time.sleep(0.3)
+                eventually(lambda: in_flight() == 1, "the request admitted")
+            eventually(lambda: in_flight() == 0, "its slot given back")
         reply = httpx.post(limited.url + "/predict", content=body, timeout=10)
         assert reply.status_code == 200, reply.text
     finally:

@@ -120,6 +120,55 @@ def test_a_shed_request_is_answered_before_its_body_and_the_body_is_dropped():
     assert request.chunks == [] and recorded == [("/predict", 503)]
 
 
+def test_a_full_worker_refuses_arrivals_between_answers_and_admits_them_into_slots_its_answers_free():
+    """The batcher answers a full worker's batch in slices (kubeforge.serving.batching); what the loop reads between
+    them is refused at once, not after the batch, unless a computed answer's slot is about to be free."""
+    now = [0.0]
+    written_at_the_read: list[list[int]] = []
+
+    class SlowProtocol(Protocol):  # each answer takes 0.6 ms to encode and write, on the test's clock
+        def write_response(self, status, body, headers, content_type, keep_alive):
+            now[0] += 0.0006
+            super().write_response(status, body, headers, content_type, keep_alive)
+
+    def arrive(fast) -> tuple[Exchange, Protocol]:
+        protocol = SlowProtocol()
+        request = Exchange(protocol, fast, [], keep_alive=True)  # type: ignore[arg-type]
+        request.refuse_if_shed()
+        return request, protocol
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        arrivals: list[tuple[Exchange, Protocol]] = []
+
+        def read_sockets():  # the loop's first turn after inference: four requests arrive
+            written_at_the_read.append([len(protocol.written) for _, protocol in batch])
+            arrivals.extend(arrive(fast) for _ in range(4))
+
+        def predict(rows):
+            loop.call_soon(read_sockets)
+            return softmax_rows(rows)
+
+        admission = Admission(AdmissionPolicy(max_concurrency=3, mode="fixed"), clock=lambda: now[0])
+        state = ServingState(admission=admission, model_name="m", max_payload_bytes=1 << 20)
+        state.serve(runtime(predict))
+        meters = Meters(CollectorRegistry())
+        fast = FastPredict(Handlers(state), lambda *_: None, meters, meters.add(LocalCounter("f", "t", ["route"])))
+        batch = [arrive(fast) for _ in range(3)]
+        for request, _ in batch:
+            request.body(json.dumps({"instances": [[1.0] * WIDTH]}).encode())
+            request.received()
+        await turns()
+        return batch, arrivals
+
+    batch, arrivals = run(scenario())
+    assert written_at_the_read == [[1, 1, 0]]  # read after a slice of answering, before the batch was answered
+    # two slots freed by the answers written, one by the third answer, computed and about to be written
+    assert [request.ticket is not None for request, _ in arrivals] == [True, True, True, False]
+    assert [status for status, *_ in arrivals[3][1].written] == [503]  # at once, before the batch's last answer
+    assert [[status for status, *_ in protocol.written] for _, protocol in batch] == [[200]] * 3
+
+
 def test_a_connection_refused_by_the_limit_is_remembered_until_its_next_request():
     """How admission tells clients that come straight back from those that stay away (kubeforge.serving.admission's
     ``shedding``): the connection keeps when it was refused; its next request reports it, once."""
@@ -220,3 +269,52 @@ def test_v2_infer_decodes_tensors_and_answers_in_the_protocol_shape():
     (status, body, _, _), = bad.written
     assert status == 400 and "byte count" in json.loads(body)["error"]
     assert recorded == [("/v2", 400), ("/v2", 200)]
+
+
+def parking(admission: Admission) -> None:
+    """Admission as it is after a window whose refused connections came straight back (tests/kubeforge/serving/
+    test_admission.py drives that through its windows): requests without a slot are parked for a while."""
+    admission.shedding = "futile"
+    admission._park_until = admission.clock() + 60
+
+
+def test_while_refusing_is_futile_a_request_beyond_the_limit_waits_unanswered_and_is_served_in_the_next_slot():
+    """A client that would come straight back from a 503 costs the worker nearly an answer per refusal; parked, it
+    costs nothing until a slot frees, and its answer is the one it asked for."""
+    async def scenario():
+        fast, recorded = route(limit=1)
+        admission = fast.handlers.state.admission
+        parking(admission)
+        body = json.dumps({"instances": [[1.0] * WIDTH]}).encode()
+        holder, held = exchange(fast, body)
+        parked, waiting = exchange(fast, json.dumps({"instances": [[2.0] * WIDTH]}).encode())
+        gone, _ = exchange(fast, body)
+        assert waiting.written == [] and len(admission.parked) == 2 and admission.in_flight == 1
+        gone.abandon()  # its client went away while parked: skipped, its slot never taken
+        await turns(6)  # the holder's batch is answered; its slot goes to the parked request, then to nobody
+        return fast, held, waiting, recorded
+
+    fast, held, waiting, recorded = run(scenario())
+    served = fast.handlers.state
+    assert [written[0] for written in held.written + waiting.written] == [200, 200]
+    assert waiting.written[0][1] == fast.handlers.predict_answer(
+        served.runtime, softmax_rows(np.full((1, WIDTH), 2.0, "f4")))
+    assert served.batcher.calls == 2 and served.admission.in_flight == 0 and not served.admission.parked
+    assert recorded == [("/predict", 200)] * 2
+
+
+def test_a_parked_request_whose_deadline_passes_gets_a_503_with_retry_after_and_is_remembered_as_refused():
+    async def scenario():
+        fast, _ = route(limit=1, deadline_s=0.01)
+        admission = fast.handlers.state.admission
+        parking(admission)
+        holder, _ = exchange(fast, None)  # takes the slot, body still coming
+        _, waiting = exchange(fast, json.dumps({"instances": [[2.0] * WIDTH]}).encode())
+        await asyncio.sleep(0.02)
+        holder.abandon()  # frees the slot: the parked request is past its deadline by now
+        return fast, waiting
+
+    fast, waiting = run(scenario())
+    (status, body, headers, _), = waiting.written
+    assert status == 503 and retry_after(headers) == 1 and "deadline" in json.loads(body)[0]["error"]
+    assert waiting.refused_at > 0 and fast.handlers.state.batcher.calls == 0

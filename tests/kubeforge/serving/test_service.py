@@ -11,6 +11,7 @@ import pytest
 
 from kubeforge.compression.artifact import load_predictor
 from tests.kubeforge.serving.conftest import Server
+from tests.waiting import eventually
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
@@ -60,7 +61,8 @@ def test_bad_input_gets_4xx_and_the_server_keeps_serving(server, name, request_k
 
 def test_metrics_count_requests_and_admission(server):
     predict(server, {"instances": [[0.0] * 64]})
-    time.sleep(0.6)  # kubeforge's counters reach Prometheus within a flush interval (0.25 s)
+    expected = 'kubeforge_http_requests_total{route="/predict",status="200"}'
+    eventually(lambda: expected in httpx.get(server.url + "/metrics", timeout=5).text, "the request counted")
     metrics = httpx.get(server.url + "/metrics", timeout=5).text
     assert 'kubeforge_http_requests_total{route="/predict",status="200"}' in metrics
     assert 'kubeforge_http_request_duration_seconds_bucket{le="0.0005",route="/predict"}' in metrics
@@ -157,7 +159,8 @@ def test_beyond_the_limit_a_request_is_shed_before_its_body_is_read(served_model
         with socket.create_connection(("127.0.0.1", limited.port)) as holder, \
                 socket.create_connection(("127.0.0.1", limited.port)) as refused:
             holder.sendall(head + body[:10])  # admitted: holds the only slot while its body trickles in
-            time.sleep(0.5)
+            eventually(lambda: limited.metric("kubeforge_admission_in_flight", service="classifier") == 1,
+                       "the holder admitted")
             refused.sendall(head)  # headers only: the refusal must not wait for a body
             refused.settimeout(10)
             answer = refused.recv(65536).decode()
@@ -171,9 +174,8 @@ def test_beyond_the_limit_a_request_is_shed_before_its_body_is_read(served_model
             holder.settimeout(10)
             assert holder.recv(65536).decode().startswith("HTTP/1.1 200")
         assert httpx.post(limited.url + "/predict", content=body, timeout=10).status_code == 200
-        time.sleep(0.6)
-        metrics = httpx.get(limited.url + "/metrics", timeout=5).text
-        assert 'kubeforge_admission_shed_total{reason="concurrency_limit",service="classifier"} 1.0' in metrics
+        shed = 'kubeforge_admission_shed_total{reason="concurrency_limit",service="classifier"} 1.0'
+        eventually(lambda: shed in httpx.get(limited.url + "/metrics", timeout=5).text, "the refusal counted")
     finally:
         limited.stop()
 

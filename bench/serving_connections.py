@@ -63,6 +63,7 @@ def measured(url: str, process_pid: int, payload_file: Path, clients: int, secon
     run["rows_per_call"] = round((rows_after - rows) / (calls_after - calls), 1) if calls_after > calls else None
     answers = run["requests_per_s"]
     run["server_cpu_us_per_answer"] = round(10_000 * run["server_cpu_pct"] / answers, 1) if answers else None
+    run["server_kernel_us_per_answer"] = round(10_000 * run["server_kernel_cpu_pct"] / answers, 1) if answers else None
     return run
 
 

@@ -7,8 +7,8 @@ previous answer arrived (``--honour-retry-after``: as long after a 503 as its ``
 Raw asyncio protocols on uvloop when installed: about 15-25 µs of client CPU per request, so it shares the cores with
 the server under test as lightly as Python allows. Prints one JSON object, with the share of the machine's CPU
 stolen by the hypervisor during the window (``cpu_steal_pct``), the load generator's own CPU (``client_cpu_pct``, of
-one core) and, given ``--server-pid``, the server's (``server_cpu_pct``, its process tree): on a machine the two
-share, what the clients take is not the server's.
+one core) and, given ``--server-pid``, the server's (``server_cpu_pct``, its process tree, of which
+``server_kernel_cpu_pct`` in the kernel): on a machine the two share, what the clients take is not the server's.
 
     python -m bench.serving_load URL --payloads FILE.json --clients 64 --seconds 4
 """
@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from bench._harness import cpu_seconds, cpu_times, steal_pct
+from bench._harness import cpu_times, steal_pct, user_and_kernel_seconds
 
 
 class Client(asyncio.Protocol):
@@ -122,12 +122,15 @@ async def load(url: str, bodies: list[bytes], clients: int, seconds: float, warm
     run.recording = True
     started = run.window_start = time.perf_counter()
     counters, own = cpu_times(), time.process_time()
-    server = cpu_seconds(server_pid) if server_pid else 0.0
+    server_before = user_and_kernel_seconds(server_pid) if server_pid else (0.0, 0.0)
     await asyncio.sleep(seconds)
     run.recording = False
     elapsed = time.perf_counter() - started
     stolen, own = steal_pct(counters, cpu_times()), time.process_time() - own
-    server = cpu_seconds(server_pid) - server if server_pid else None
+    server = None
+    if server_pid:
+        user, kernel = user_and_kernel_seconds(server_pid)
+        server = user - server_before[0], kernel - server_before[1]
     run.stopping = True
     for transport, _ in connections:
         transport.close()
@@ -140,7 +143,8 @@ async def load(url: str, bodies: list[bytes], clients: int, seconds: float, warm
             "shed_p50_ms": percentile_ms(shed, 50), "shed_p99_ms": percentile_ms(shed, 99),
             "answer_mean_ms": round(float(np.mean(ok + shed + other)) * 1000, 2) if ok or shed or other else None,
             "cpu_steal_pct": stolen, "client_cpu_pct": round(100 * own / elapsed, 1),
-            "server_cpu_pct": round(100 * server / elapsed, 1) if server is not None else None}
+            "server_cpu_pct": round(100 * sum(server) / elapsed, 1) if server is not None else None,
+            "server_kernel_cpu_pct": round(100 * server[1] / elapsed, 1) if server is not None else None}
 
 
 def main() -> None:

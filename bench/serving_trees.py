@@ -32,7 +32,7 @@ from bench.serving_connections import measured
 from bench.serving_overload import median_of
 
 MEDIANS = ("goodput_per_s", "accepted_p50_ms", "accepted_p99_ms", "shed_p50_ms", "shed_p99_ms", "rows_per_call",
-           "server_cpu_us_per_answer")
+           "server_cpu_us_per_answer", "server_kernel_us_per_answer", "client_cpu_pct")
 
 
 def named_tree(text: str) -> tuple[str, Path]:

@@ -21,11 +21,12 @@ an answer; so for ``FUTILE_HOLD_S`` after a window whose refused connections mos
 Retry-After (the fast path's evidence; many refusals per completion alone is also what a polite crowd's first burst
 looks like, and polite clients are better told to go away), a caller that can wait without a task (the fast path) may
 ``park`` a request that finds no slot: no 503, the request keeps its place in a FIFO and gets the next slot a
-completion frees, or a 503 (``deadline``) if ``deadline_s`` passes first, and costs nothing while it waits. One in
-``PARK_PROBE_EVERY`` of them is refused anyway, so the windows keep seeing whether the refused come straight back and
-renew the hold; once they stay away (polite clients) or stop coming, the hold lapses and refusals resume. The same
-windows say, in either mode, whether the server is shedding and whether that works (``shedding``), which the batcher
-reads (``slice_answers``): refusals are answered faster only while the worker is full and refusing is not futile.
+completion frees, or a 503 (``deadline``) if ``deadline_s`` passes first, and costs no CPU while it waits (the fast
+path leaves a large body unread meanwhile). One in ``PARK_PROBE_EVERY`` of them is refused anyway, so the windows
+keep seeing whether the refused come straight back and renew the hold; once they stay away (polite clients) or stop
+coming, the hold lapses and refusals resume. The same windows say, in either mode, whether the server is shedding and
+whether that works (``shedding``), which the batcher reads (``slice_answers``): refusals are answered faster only
+while the worker is full and refusing is not futile.
 
 Metrics (``kubeforge_admission_*``, labelled by service): admitted, shed by reason, timed out (counters); current
 limit, in flight, queue length, workers whose refusals are futile (gauges, summed over a pod's workers), all through

@@ -132,6 +132,12 @@ class _NoEvent:
         pass
 
 
+# A parked request (kubeforge.serving.admission) with a larger body is not read on until it has a slot: parked requests
+# are bounded by connections only, and reading would hold up to max_payload_bytes each in the worker. Smaller bodies
+# are in by the time the headers are parsed (one segment), and pausing them would cost two system calls for nothing
+PARKED_BODY_READ_BYTES = 64 * 1024
+
+
 class Exchange:
     """One request on the fast path. To the protocol it looks like uvicorn's RequestResponseCycle
     (``response_complete``, ``keep_alive``, ``disconnected``); to the batcher like an asyncio.Future."""
@@ -190,6 +196,7 @@ class Exchange:
     def resume(self, ticket: Ticket) -> None:
         self.admitted = self.route.handlers.admitted(ticket)
         self.ticket = ticket
+        self.protocol.flow.resume_reading()  # the rest of the body comes in (an expired one's 503 resumes it too)
         if self.complete:
             self.received()
 
@@ -259,27 +266,34 @@ class FastPathProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         route = ROUTES.get(self.url)
-        if route is not None and self._plain(route):
-            self.exchange = self.cycle = Exchange(  # type: ignore[assignment]
-                self, route, self.headers, self.parser.should_keep_alive())
-            self.exchange.refuse_if_shed()
+        length = None if route is None else self._plain_length(route)
+        if length is not None:
+            exchange = self.exchange = self.cycle = Exchange(  # type: ignore[assignment]
+                self, route, self.headers, self.parser.should_keep_alive())  # type: ignore[arg-type]
+            exchange.refuse_if_shed()
+            if exchange.admitted is None and length > PARKED_BODY_READ_BYTES:
+                self.flow.pause_reading()  # parked: the rest of a large body waits in the socket's buffers
             return
         super().on_headers_complete()
 
-    def _plain(self, route: FastRoute) -> bool:
+    def _plain_length(self, route: FastRoute) -> int | None:
+        """The declared body length of a request the fast path answers; None sends it down the ASGI path."""
         parser = self.parser
         if (parser.get_method() != b"POST" or parser.get_http_version() != "1.1" or self.expect_100_continue
                 or parser.should_upgrade() or self.limit_concurrency is not None or not route.usable):
-            return False
+            return None
         if self.cycle is not None and not self.cycle.response_complete:  # pipelined behind a pending request
-            return False
+            return None
         length = None
         for name, value in self.headers:
             if name == b"content-length":
                 length = value
             elif name == b"transfer-encoding":
-                return False
-        return length is not None and length.isdigit() and int(length) <= route.max_body
+                return None
+        if length is None or not length.isdigit():
+            return None
+        declared = int(length)
+        return declared if declared <= route.max_body else None
 
     def on_body(self, body: bytes) -> None:
         cycle = self.cycle

@@ -16,6 +16,18 @@ from kubeforge.serving.runtime import ModelRuntime, ServedSpec
 WIDTH = 4
 
 
+class Flow:
+    """Stands in for uvicorn's FlowControl: whether the connection's socket is read."""
+
+    read_paused = False
+
+    def pause_reading(self):
+        self.read_paused = True
+
+    def resume_reading(self):
+        self.read_paused = False
+
+
 class Protocol:
     """Stands in for FastPathProtocol: records what would have been written."""
 
@@ -24,9 +36,11 @@ class Protocol:
         self.closed = False
         self.refused_at = 0.0
         self.transport = self
+        self.flow = Flow()
 
     def write_response(self, status, body, headers, content_type, keep_alive):
         self.written.append((status, body, headers, content_type))
+        self.flow.resume_reading()  # as uvicorn's on_response_complete does
 
     def close(self):
         self.closed = True
@@ -303,6 +317,28 @@ def test_while_refusing_is_futile_a_request_beyond_the_limit_waits_unanswered_an
     assert recorded == [("/predict", 200)] * 2
 
 
+def test_a_parked_request_reads_the_rest_of_its_body_once_it_has_a_slot():
+    """Parked requests are bounded only by connections: reading their bodies would hold up to max_payload_bytes each
+    in the worker, so FastPathProtocol stops reading the connection of a parked request with a large body
+    (tests/kubeforge/serving/test_service.py, over real sockets); its slot starts the reading again."""
+    async def scenario():
+        fast, _ = route(limit=1)
+        parking(fast.handlers.state.admission)
+        holder, _ = exchange(fast, json.dumps({"instances": [[1.0] * WIDTH]}).encode())
+        parked, waiting = exchange(fast, None)
+        assert parked.admitted is None and waiting.written == []
+        waiting.flow.pause_reading()  # as the protocol does for a body past PARKED_BODY_READ_BYTES
+        await turns(6)  # the holder is answered; the parked request gets its slot and reads on
+        assert not waiting.flow.read_paused and parked.ticket is not None and waiting.written == []
+        parked.body(json.dumps({"instances": [[2.0] * WIDTH]}).encode())
+        parked.received()
+        await turns(6)
+        return waiting
+
+    waiting = run(scenario())
+    assert [written[0] for written in waiting.written] == [200]
+
+
 def test_a_parked_request_whose_deadline_passes_gets_a_503_with_retry_after_and_is_remembered_as_refused():
     async def scenario():
         fast, _ = route(limit=1, deadline_s=0.01)
@@ -318,3 +354,4 @@ def test_a_parked_request_whose_deadline_passes_gets_a_503_with_retry_after_and_
     (status, body, headers, _), = waiting.written
     assert status == 503 and retry_after(headers) == 1 and "deadline" in json.loads(body)[0]["error"]
     assert waiting.refused_at > 0 and fast.handlers.state.batcher.calls == 0
+    assert not waiting.flow.read_paused  # read on: the rest of the body is dropped, the connection kept

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from kubeforge.compression.artifact import load_predictor
+from kubeforge.serving.fastpath import PARKED_BODY_READ_BYTES
 from tests.kubeforge.serving.conftest import Server
 from tests.waiting import eventually
 
@@ -176,6 +177,63 @@ def test_beyond_the_limit_a_request_is_shed_before_its_body_is_read(served_model
         assert httpx.post(limited.url + "/predict", content=body, timeout=10).status_code == 200
         shed = 'kubeforge_admission_shed_total{reason="concurrency_limit",service="classifier"} 1.0'
         eventually(lambda: shed in httpx.get(limited.url + "/metrics", timeout=5).text, "the refusal counted")
+    finally:
+        limited.stop()
+
+
+def read_answer(sock: socket.socket) -> str:
+    """One whole HTTP/1.1 response (headers and Content-Length body) from a raw socket."""
+    answer = sock.recv(65536).decode()
+    while "\r\n\r\n" not in answer or len(answer.split("\r\n\r\n", 1)[1]) < int(
+            answer.lower().split("content-length: ", 1)[1].split("\r\n", 1)[0]):
+        answer += sock.recv(65536).decode()
+    return answer
+
+
+def test_while_refused_clients_come_straight_back_a_request_without_a_slot_waits_for_one_instead(served_model_dir,
+                                                                                                tmp_path):
+    """Over real sockets (kubeforge.serving.admission's parking): a connection refused three times in a row, each
+    time at once, is evidence that 503s do not send such clients away; the next request beyond the limit gets no 503
+    but the next free slot, the rest of its large body read only then."""
+    limited = Server(served_model_dir, tmp_path, KUBEFORGE_SERVE_MAX_CONCURRENCY="1",
+                     KUBEFORGE_SERVE_MIN_CONCURRENCY="1", KUBEFORGE_SERVE_LIMIT_MODE="fixed",
+                     KUBEFORGE_SERVE_RETRY_AFTER_S="2", KUBEFORGE_SERVE_MAX_LATENCY_MS="5000",
+                     KUBEFORGE_SERVE_MAX_PAYLOAD_BYTES=str(1 << 20))
+    # past PARKED_BODY_READ_BYTES: the parked request's connection is not read on until it has a slot
+    body = (json.dumps({"instances": [[0.0] * 64]})[:-1] + " " * (PARKED_BODY_READ_BYTES + 1) + "}").encode()
+    request = (f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    in_flight = lambda: limited.metric("kubeforge_admission_in_flight", service="classifier")  # noqa: E731
+    try:
+        limited.wait("/readyz", 200)
+        with socket.create_connection(("127.0.0.1", limited.port)) as holder, \
+                socket.create_connection(("127.0.0.1", limited.port)) as eager:
+            for sock in (holder, eager):
+                sock.settimeout(10)
+            holder.sendall(request[:-10])  # holds the only slot while its body trickles in
+            eventually(lambda: in_flight() == 1, "the holder admitted")
+            for _ in range(3):  # refused, and back at once each time
+                eager.sendall(request)
+                assert read_answer(eager).startswith("HTTP/1.1 503")
+            time.sleep(0.15)  # past the admission window (0.1 s) that the next completion closes
+            holder.sendall(request[-10:])
+            assert read_answer(holder).startswith("HTTP/1.1 200")  # its completion: refusing is futile now
+            holder.sendall(request[:-10])  # takes the slot again
+            eventually(lambda: in_flight() == 1, "the holder admitted again")
+            head, _ = request.split(b"\r\n\r\n", 1)
+            eager.sendall(head + b"\r\n\r\n")
+            eventually(lambda: limited.metric("kubeforge_admission_queue_length", service="classifier") == 1,
+                       "the request parked")
+            eager.sendall(body)  # unread while parked: it waits in the socket's buffer
+            eager.settimeout(0.3)
+            with pytest.raises(socket.timeout):
+                eager.recv(65536)  # no 503: it waits
+            eager.settimeout(10)
+            holder.sendall(request[-10:])
+            assert read_answer(holder).startswith("HTTP/1.1 200")
+            assert read_answer(eager).startswith("HTTP/1.1 200")  # the freed slot went to it
+        shed = 'kubeforge_admission_shed_total{reason="concurrency_limit",service="classifier"} 3.0'
+        eventually(lambda: shed in httpx.get(limited.url + "/metrics", timeout=5).text, "three refusals, no more")
     finally:
         limited.stop()
 

@@ -171,6 +171,11 @@ def add_pin_option(parser: argparse.ArgumentParser) -> None:
                         help="servers on the first half of the CPUs, the load generator on the rest")
 
 
+def pinned_name(name: str, args: argparse.Namespace) -> str:
+    """A results file's name: pinned runs are kept apart from unpinned ones (they measure a different placement)."""
+    return name + ("_pinned" if args.pin else "")
+
+
 def pinned_cpus(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[set[int] | None, set[int] | None]:
     """The servers' and the load generator's CPUs for ``--pin`` (None, None: anywhere); too few CPUs is a usage
     error."""

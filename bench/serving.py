@@ -47,8 +47,8 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-from bench._harness import (add_pin_option, cpu_seconds, cpu_times, free_port, on_cpus, pinned_cpus, placement,
-                            steal_pct, stop, versions, wait_ready, write)
+from bench._harness import (add_pin_option, cpu_seconds, cpu_times, free_port, on_cpus, pinned_cpus, pinned_name,
+                            placement, steal_pct, stop, versions, wait_ready, write)
 from bench.serving_overload import (MODES, closed_loop, median_of, overload_targets, run_overload, saturated_median_ms,
                                      saturation, sized_target_ms)
 
@@ -330,7 +330,7 @@ def main() -> None:
         return [round(x["req_per_s"] / y["req_per_s"], digits) for x, y in zip(runs[a][64], runs[b][64], strict=True)]
     stack_used = "asyncio + h11" if args.stack == "h11" else (
         "uvloop + httptools" if versions("uvloop", "httptools")["httptools"] != "not installed" else "asyncio + h11")
-    write("serving_pinned" if args.pin else "serving", {
+    write(pinned_name("serving", args), {
         "load_generator": ("wrk" if use_wrk else "bench.serving_load") + " (part 1), bench.serving_load (part 2); "
                           "one digits row per request, same machine",
         "cpu_placement": placement(server_cpus, client_cpus),

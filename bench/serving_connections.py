@@ -27,7 +27,7 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from bench._harness import add_pin_option, metric_total, pinned_cpus, placement, write
+from bench._harness import add_pin_option, metric_total, pinned_cpus, pinned_name, placement, write
 from bench.serving import bentoml_serve, kubeforge_env, prepare_models, start_server, warm_up, write_payloads
 from bench.serving_overload import closed_loop, median_of
 from kubeforge.serving.meters import FLUSH_INTERVAL_S
@@ -125,7 +125,7 @@ def main() -> None:
     alone = next(iter(loads(args.clients, args.idle)))
     by_server = {name: {load: summarize(levels, median_of(by_load[alone], "goodput_per_s"))
                         for load, levels in by_load.items()} for name, by_load in runs.items()}
-    write("serving_connections" + ("_pinned" if args.pin else ""), {
+    write(pinned_name("serving_connections", args), {
         "load_average_1min": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
         "cpu_placement": placement(server_cpus, client_cpus), "clients": args.clients, "idle": args.idle,
         "seconds": args.seconds, "repeats": args.repeats,

@@ -20,7 +20,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from bench._harness import add_pin_option, pinned_cpus, placement, write
+from bench._harness import add_pin_option, pinned_cpus, pinned_name, placement, write
 from bench.serving import bentoml_serve, kubeforge_env, prepare_models, start_server, warm_up, write_payloads
 from bench.serving_overload import (MODES, no_loss_reference, pct_of_peak_per_repeat, run_overload,
                                      saturated_median_ms, saturation, sized_target_ms)
@@ -92,7 +92,7 @@ def main() -> None:
             servers[name] = launch(targets[name])
         results = run_overload({mode: servers for mode in MODES}, payload_file, saturating, args.overload_seconds,
                                args.repeats, client_cpus)
-    name = "serving_sizing" + ("_pinned" if args.pin else "") + (f"_at_{args.saturation}" if args.saturation else "")
+    name = pinned_name("serving_sizing", args) + (f"_at_{args.saturation}" if args.saturation else "")
     write(name, {
         "cpu_placement": placement(server_cpus, client_cpus),
         "load_average_1min": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},

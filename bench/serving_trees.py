@@ -26,7 +26,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench._harness import add_pin_option, pinned_cpus, placement, write
+from bench._harness import add_pin_option, pinned_cpus, pinned_name, placement, write
 from bench.serving import bentoml_serve, kubeforge_env, prepare_models, start_server, warm_up, write_payloads
 from bench.serving_connections import measured
 from bench.serving_overload import median_of
@@ -128,7 +128,7 @@ def main() -> None:
     first = next(iter(trees))
     by_tree = {name: {clients: summarize(levels, None if name == first else runs[first][clients])
                       for clients, levels in by_level.items()} for name, by_level in runs.items()}
-    write(args.name + ("_pinned" if args.pin else ""), {
+    write(pinned_name(args.name, args), {
         "load_average_1min": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
         "cpu_placement": placement(server_cpus, client_cpus),
         "trees": {name: {"path": str(tree), "revision": revision(tree)} for name, tree in trees.items()},

@@ -208,7 +208,8 @@ class DistributedConfig(_Section):
     """
 
     nodes: int = Field(1, ge=1, le=1024, description="training pods (nodes)")
-    procs_per_node: int = Field(1, ge=1, le=64, description="torchrun processes per node; one GPU each on a GPU profile")
+    procs_per_node: int = Field(1, ge=1, le=64,
+                                description="torchrun processes per node; one GPU each on a GPU profile")
     dist_backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="'auto': nccl on CUDA, gloo on CPU")
     job_kind: Literal["trainjob", "pytorchjob"] = Field(
         "trainjob", description="'trainjob' (trainer.kubeflow.org/v1alpha1) or 'pytorchjob' (kubeflow.org/v1)")

@@ -217,7 +217,8 @@ class Exchange:
         route = self.route
         try:
             check_finite(probabilities)
-            body, headers, content_type = route.answer(self.admitted[0], self.request, probabilities)  # type: ignore[index]
+            runtime = self.admitted[0]  # type: ignore[index]
+            body, headers, content_type = route.answer(runtime, self.request, probabilities)
         except RequestError as exc:
             self.respond(exc.status, route.error(str(exc)))
         except Exception:  # raised into the batcher it would stop the loop that answers everyone else

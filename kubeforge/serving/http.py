@@ -208,7 +208,8 @@ class Handlers:
 
     def predict_answer(self, runtime: ModelRuntime, probabilities: np.ndarray) -> bytes:
         """The 200 body of /predict for finite probabilities."""
-        return b'{"predictions":' + runtime.predictions_json(probabilities) + b',"model":' + self.state.model_json + b"}"
+        return (b'{"predictions":' + runtime.predictions_json(probabilities) + b',"model":' + self.state.model_json
+                + b"}")
 
     async def document(self, scope: dict, receive: Any, send: Any) -> int:
         await send_json(send, 200, self.state.document())

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from kubeforge.compression.artifact import load_predictor
+from kubeforge.serving.admission import FUTILE_HOLD_S
 from kubeforge.serving.fastpath import PARKED_BODY_READ_BYTES
 from tests.kubeforge.serving.conftest import Server
 from tests.waiting import eventually
@@ -193,38 +194,46 @@ def read_answer(sock: socket.socket) -> str:
 def test_while_refused_clients_come_straight_back_a_request_without_a_slot_waits_for_one_instead(served_model_dir,
                                                                                                 tmp_path):
     """Over real sockets (kubeforge.serving.admission's parking): a connection refused three times in a row, each
-    time at once, is evidence that 503s do not send such clients away; the next request beyond the limit gets no 503
-    but the next free slot, the rest of its large body read only then."""
+    time at once, is evidence that 503s do not send such clients away; its next request beyond the limit gets no 503
+    but the next free slot, the rest of its large body read only then; one still parked at its deadline gets its 503
+    when a slot frees, the rest of its body is drained and the connection serves its next request."""
+    deadline_s = 2.0
     limited = Server(served_model_dir, tmp_path, KUBEFORGE_SERVE_MAX_CONCURRENCY="1",
                      KUBEFORGE_SERVE_MIN_CONCURRENCY="1", KUBEFORGE_SERVE_LIMIT_MODE="fixed",
-                     KUBEFORGE_SERVE_RETRY_AFTER_S="2", KUBEFORGE_SERVE_MAX_LATENCY_MS="5000",
+                     KUBEFORGE_SERVE_RETRY_AFTER_S="2", KUBEFORGE_SERVE_MAX_LATENCY_MS=str(int(deadline_s * 1000)),
                      KUBEFORGE_SERVE_MAX_PAYLOAD_BYTES=str(1 << 20))
     # past PARKED_BODY_READ_BYTES: the parked request's connection is not read on until it has a slot
     body = (json.dumps({"instances": [[0.0] * 64]})[:-1] + " " * (PARKED_BODY_READ_BYTES + 1) + "}").encode()
-    request = (f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
-    in_flight = lambda: limited.metric("kubeforge_admission_in_flight", service="classifier")  # noqa: E731
+    head = (f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    request = head + body
+
+    def metric(name: str) -> float:
+        return limited.metric(name, service="classifier")
+
     try:
         limited.wait("/readyz", 200)
         with socket.create_connection(("127.0.0.1", limited.port)) as holder, \
                 socket.create_connection(("127.0.0.1", limited.port)) as eager:
             for sock in (holder, eager):
                 sock.settimeout(10)
-            holder.sendall(request[:-10])  # holds the only slot while its body trickles in
-            eventually(lambda: in_flight() == 1, "the holder admitted")
-            for _ in range(3):  # refused, and back at once each time
-                eager.sendall(request)
-                assert read_answer(eager).startswith("HTTP/1.1 503")
-            time.sleep(0.15)  # past the admission window (0.1 s) that the next completion closes
-            holder.sendall(request[-10:])
-            assert read_answer(holder).startswith("HTTP/1.1 200")  # its completion: refusing is futile now
-            holder.sendall(request[:-10])  # takes the slot again
-            eventually(lambda: in_flight() == 1, "the holder admitted again")
-            head, _ = request.split(b"\r\n\r\n", 1)
-            eager.sendall(head + b"\r\n\r\n")
-            eventually(lambda: limited.metric("kubeforge_admission_queue_length", service="classifier") == 1,
-                       "the request parked")
-            eager.sendall(body)  # unread while parked: it waits in the socket's buffer
+
+            def refused_at_once_then_park() -> None:
+                holder.sendall(request[:-10])  # holds the only slot while its body trickles in
+                eventually(lambda: metric("kubeforge_admission_in_flight") == 1, "the holder admitted")
+                for _ in range(3):  # refused, and back at once each time
+                    eager.sendall(request)
+                    assert read_answer(eager).startswith("HTTP/1.1 503")
+                time.sleep(0.15)  # past the admission window (0.1 s) that the next completion closes
+                holder.sendall(request[-10:])
+                assert read_answer(holder).startswith("HTTP/1.1 200")  # its completion: refusing is futile now
+                holder.sendall(request[:-10])  # takes the slot again
+                eventually(lambda: metric("kubeforge_admission_in_flight") == 1, "the holder admitted again")
+                eager.sendall(head)
+                eventually(lambda: metric("kubeforge_admission_queue_length") == 1, "the request parked")
+                eager.sendall(body)  # unread while parked: it waits in the socket's buffers
+
+            refused_at_once_then_park()
             eager.settimeout(0.3)
             with pytest.raises(socket.timeout):
                 eager.recv(65536)  # no 503: it waits
@@ -232,8 +241,20 @@ def test_while_refused_clients_come_straight_back_a_request_without_a_slot_waits
             holder.sendall(request[-10:])
             assert read_answer(holder).startswith("HTTP/1.1 200")
             assert read_answer(eager).startswith("HTTP/1.1 200")  # the freed slot went to it
-        shed = 'kubeforge_admission_shed_total{reason="concurrency_limit",service="classifier"} 3.0'
-        eventually(lambda: shed in httpx.get(limited.url + "/metrics", timeout=5).text, "three refusals, no more")
+
+            time.sleep(FUTILE_HOLD_S + 0.1)  # no new evidence: parking lapses, refusals resume
+            refused_at_once_then_park()
+            time.sleep(deadline_s + 0.1)
+            holder.sendall(request[-10:])
+            assert read_answer(holder).startswith("HTTP/1.1 200")
+            late = read_answer(eager)
+            assert late.startswith("HTTP/1.1 503") and "deadline" in late, late
+            eager.sendall(request)
+            assert read_answer(eager).startswith("HTTP/1.1 200")  # its late body was drained, not taken as a request
+        shed = 'kubeforge_admission_shed_total{reason="%s",service="classifier"} %s'
+        eventually(lambda: shed % ("concurrency_limit", "6.0") in httpx.get(limited.url + "/metrics", timeout=5).text
+                   and shed % ("deadline", "1.0") in httpx.get(limited.url + "/metrics", timeout=5).text,
+                   "six refusals by the limit, one at the deadline, no more")
     finally:
         limited.stop()
 

@@ -55,20 +55,20 @@ def median_of(runs: list[dict], key: str) -> float | None:
     return round(statistics.median(values), 2) if values else None
 
 
-def saturation(url: str, payloads: Path, sweeps: int = 3,
-               cpus: set[int] | None = None) -> tuple[int, dict[int, float], float]:
+def saturation(url: str, payloads: Path, sweeps: int = 3, cpus: set[int] | None = None,
+               levels: tuple[int, ...] = SATURATION_SWEEP) -> tuple[int, dict[int, float], float]:
     """The saturating client count, each level's goodput, and the median latency there. The sweep runs ``sweeps``
     times; the level is chosen from each level's best run (on a shared machine noise only ever lowers goodput, and
     one unlucky 2 s run must not make a small level look saturating), the latency is the median over the sweeps at
     that level: for closed-loop clients the best run is also the one with the least latency, and a target sized from
     the luckiest run is too tight for the typical one."""
-    runs: dict[int, list[dict]] = {clients: [] for clients in SATURATION_SWEEP}
+    runs: dict[int, list[dict]] = {clients: [] for clients in levels}
     for _ in range(sweeps):
-        for clients in SATURATION_SWEEP:
+        for clients in levels:
             runs[clients].append(closed_loop(url, payloads, clients, 2, False, cpus))
-    goodput = {clients: max(run["goodput_per_s"] for run in levels) for clients, levels in runs.items()}
+    goodput = {clients: max(run["goodput_per_s"] for run in level) for clients, level in runs.items()}
     top = max(goodput.values())
-    saturating = next(c for c in SATURATION_SWEEP if goodput[c] >= 0.9 * top)
+    saturating = next(c for c in levels if goodput[c] >= 0.9 * top)
     return saturating, goodput, median_of(runs[saturating], "accepted_p50_ms")
 
 

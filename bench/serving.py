@@ -172,10 +172,10 @@ def bentoml_serve() -> list[str]:
             "--host", "127.0.0.1", "--port", "{port}"]
 
 
-def kubeforge_env(int8: Path) -> dict[str, str]:
-    """What kubeforge's service needs to serve the compressed model from ``prepare_models`` (``start_server`` gives
-    each server its BentoML home)."""
-    return {"KUBEFORGE_MODEL_DIR": str(int8)}
+def kubeforge_env(model_dir: Path) -> dict[str, str]:
+    """What kubeforge's service needs to serve a model directory, such as the compressed model from
+    ``prepare_models`` (``start_server`` gives each server its BentoML home)."""
+    return {"KUBEFORGE_MODEL_DIR": str(model_dir)}
 
 
 def write_payloads(root: Path, payloads: list[bytes]) -> Path:

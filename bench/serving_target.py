@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 from bench._harness import add_pin_option, pinned_cpus, pinned_name, placement, write
-from bench.serving import bentoml_serve, start_server, warm_up, write_payloads
+from bench.serving import bentoml_serve, kubeforge_env, start_server, warm_up, write_payloads
 from bench.serving_overload import HEADROOM, SATURATION_SWEEP, saturation, sized_target_ms
 from kubeforge.serving.runtime import ServedSpec
 
@@ -32,10 +32,9 @@ from kubeforge.serving.runtime import ServedSpec
 LEVELS = SATURATION_SWEEP + (64, 128)
 
 
-def zero_rows(model_dir: Path) -> list[bytes]:
+def zero_rows(spec: ServedSpec) -> list[bytes]:
     """One request of one all-zero row, as wide as the model's input: a stand-in for real bodies."""
-    width = len(ServedSpec.read(model_dir).feature_names)
-    return [json.dumps({"instances": [[0.0] * width]}).encode()]
+    return [json.dumps({"instances": [[0.0] * len(spec.feature_names)]}).encode()]
 
 
 def read_payloads(path: Path) -> list[bytes]:
@@ -56,16 +55,16 @@ def main() -> None:
     if args.sweeps < 1:
         parser.error("--sweeps must be >= 1")
     try:
-        zeros = zero_rows(args.model_dir)  # also checks that it is a model directory (ConfigError, a ValueError)
-        payloads = read_payloads(args.payloads) if args.payloads else zeros
+        spec = ServedSpec.read(args.model_dir)  # not a model directory: ConfigError, a ValueError
+        payloads = read_payloads(args.payloads) if args.payloads else zero_rows(spec)
     except (OSError, ValueError) as exc:
         parser.error(str(exc))
     server_cpus, client_cpus = pinned_cpus(args, parser)
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         root = Path(tmp)
         payload_file = write_payloads(root, payloads)
-        env = {"KUBEFORGE_MODEL_DIR": str(args.model_dir.resolve())}
-        url, process, log = start_server(stack, bentoml_serve(), env, root, server_cpus)
+        url, process, log = start_server(stack, bentoml_serve(), kubeforge_env(args.model_dir.resolve()), root,
+                                         server_cpus)
         warm_up(url, process, log, payload_file, client_cpus)
         clients, goodput, median_ms = saturation(url, payload_file, args.sweeps, client_cpus, LEVELS)
     target_ms = sized_target_ms(median_ms)

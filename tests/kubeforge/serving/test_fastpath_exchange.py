@@ -73,9 +73,9 @@ def route(kind=FastPredict, **kwargs):
                 answered), recorded
 
 
-def exchange(fast_route, body: bytes | None, headers=()) -> tuple[Exchange, Protocol]:
+def exchange(fast_route, body: bytes | None, headers=(), protocol: Protocol | None = None) -> tuple[Exchange, Protocol]:
     """An exchange as the protocol drives it: headers parsed, then (if a body is given) body and completion."""
-    protocol = Protocol()
+    protocol = protocol or Protocol()
     request = Exchange(protocol, fast_route, list(headers), keep_alive=True)  # type: ignore[arg-type]
     request.refuse_if_shed()
     if body is not None:
@@ -145,19 +145,13 @@ def test_a_full_worker_refuses_arrivals_between_answers_and_admits_them_into_slo
             now[0] += 0.0006
             super().write_response(status, body, headers, content_type, keep_alive)
 
-    def arrive(fast) -> tuple[Exchange, Protocol]:
-        protocol = SlowProtocol()
-        request = Exchange(protocol, fast, [], keep_alive=True)  # type: ignore[arg-type]
-        request.refuse_if_shed()
-        return request, protocol
-
     async def scenario():
         loop = asyncio.get_running_loop()
         arrivals: list[tuple[Exchange, Protocol]] = []
 
         def read_sockets():  # the loop's first turn after inference: four requests arrive
             written_at_the_read.append([len(protocol.written) for _, protocol in batch])
-            arrivals.extend(arrive(fast) for _ in range(4))
+            arrivals.extend(exchange(fast, None, protocol=SlowProtocol()) for _ in range(4))
 
         def predict(rows):
             loop.call_soon(read_sockets)
@@ -168,7 +162,7 @@ def test_a_full_worker_refuses_arrivals_between_answers_and_admits_them_into_slo
         state.serve(runtime(predict))
         meters = Meters(CollectorRegistry())
         fast = FastPredict(Handlers(state), lambda *_: None, meters, meters.add(LocalCounter("f", "t", ["route"])))
-        batch = [arrive(fast) for _ in range(3)]
+        batch = [exchange(fast, None, protocol=SlowProtocol()) for _ in range(3)]
         for request, _ in batch:
             request.body(json.dumps({"instances": [[1.0] * WIDTH]}).encode())
             request.received()

@@ -13,6 +13,7 @@ from kubeforge.compression.artifact import load_predictor
 from kubeforge.serving.admission import FUTILE_HOLD_S
 from kubeforge.serving.fastpath import PARKED_BODY_READ_BYTES
 from tests.kubeforge.serving.conftest import Server
+from tests.prometheus_text import sample
 from tests.waiting import eventually
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
@@ -149,13 +150,27 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_rows(server, serv
     assert buckets["+Inf"] > buckets["4.0"], metrics[-2000:]
 
 
+def predict_head(body: bytes) -> bytes:
+    """A raw POST /predict's request line and headers for ``body``, sent apart from it over a raw socket."""
+    return (f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+
+
+def read_answer(sock: socket.socket) -> str:
+    """One whole HTTP/1.1 response (headers and Content-Length body) from a raw socket."""
+    answer = sock.recv(65536).decode()
+    while "\r\n\r\n" not in answer or len(answer.split("\r\n\r\n", 1)[1]) < int(
+            answer.lower().split("content-length: ", 1)[1].split("\r\n", 1)[0]):
+        answer += sock.recv(65536).decode()
+    return answer
+
+
 def test_beyond_the_limit_a_request_is_shed_before_its_body_is_read(served_model_dir, tmp_path):
     limited = Server(served_model_dir, tmp_path, KUBEFORGE_SERVE_MAX_CONCURRENCY="1",
                      KUBEFORGE_SERVE_MIN_CONCURRENCY="1", KUBEFORGE_SERVE_LIMIT_MODE="fixed",
                      KUBEFORGE_SERVE_RETRY_AFTER_S="2")
     body = json.dumps({"instances": [[0.0] * 64]}).encode()
-    head = (f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    head = predict_head(body)
     try:
         limited.wait("/readyz", 200)
         with socket.create_connection(("127.0.0.1", limited.port)) as holder, \
@@ -165,10 +180,7 @@ def test_beyond_the_limit_a_request_is_shed_before_its_body_is_read(served_model
                        "the holder admitted")
             refused.sendall(head)  # headers only: the refusal must not wait for a body
             refused.settimeout(10)
-            answer = refused.recv(65536).decode()
-            while "\r\n\r\n" in answer and len(answer.split("\r\n\r\n", 1)[1]) < int(
-                    answer.lower().split("content-length: ", 1)[1].split("\r\n", 1)[0]):
-                answer += refused.recv(65536).decode()  # the body may come in its own segment
+            answer = read_answer(refused)  # the body may come in its own segment
             assert answer.startswith("HTTP/1.1 503"), answer
             assert "retry-after: 2" in answer.lower() and "concurrency limit" in answer
             assert httpx.get(limited.url + "/readyz", timeout=5).status_code == 200  # probes are not limited
@@ -180,15 +192,6 @@ def test_beyond_the_limit_a_request_is_shed_before_its_body_is_read(served_model
         eventually(lambda: shed in httpx.get(limited.url + "/metrics", timeout=5).text, "the refusal counted")
     finally:
         limited.stop()
-
-
-def read_answer(sock: socket.socket) -> str:
-    """One whole HTTP/1.1 response (headers and Content-Length body) from a raw socket."""
-    answer = sock.recv(65536).decode()
-    while "\r\n\r\n" not in answer or len(answer.split("\r\n\r\n", 1)[1]) < int(
-            answer.lower().split("content-length: ", 1)[1].split("\r\n", 1)[0]):
-        answer += sock.recv(65536).decode()
-    return answer
 
 
 def test_while_refused_clients_come_straight_back_a_request_without_a_slot_waits_for_one_instead(served_model_dir,
@@ -204,8 +207,7 @@ def test_while_refused_clients_come_straight_back_a_request_without_a_slot_waits
                      KUBEFORGE_SERVE_MAX_PAYLOAD_BYTES=str(1 << 20))
     # past PARKED_BODY_READ_BYTES: the parked request's connection is not read on until it has a slot
     body = (json.dumps({"instances": [[0.0] * 64]})[:-1] + " " * (PARKED_BODY_READ_BYTES + 1) + "}").encode()
-    head = (f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    head = predict_head(body)
     request = head + body
 
     def metric(name: str) -> float:
@@ -251,10 +253,13 @@ def test_while_refused_clients_come_straight_back_a_request_without_a_slot_waits
             assert late.startswith("HTTP/1.1 503") and "deadline" in late, late
             eager.sendall(request)
             assert read_answer(eager).startswith("HTTP/1.1 200")  # its late body was drained, not taken as a request
-        shed = 'kubeforge_admission_shed_total{reason="%s",service="classifier"} %s'
-        eventually(lambda: shed % ("concurrency_limit", "6.0") in httpx.get(limited.url + "/metrics", timeout=5).text
-                   and shed % ("deadline", "1.0") in httpx.get(limited.url + "/metrics", timeout=5).text,
-                   "six refusals by the limit, one at the deadline, no more")
+
+        def refusals() -> tuple[float, float]:  # by the limit, at the deadline: one scrape for both
+            text = httpx.get(limited.url + "/metrics", timeout=5).text
+            return tuple(sample(text, "kubeforge_admission_shed_total", service="classifier", reason=reason)
+                         for reason in ("concurrency_limit", "deadline"))
+
+        eventually(lambda: refusals() == (6.0, 1.0), "six refusals by the limit, one at the deadline, no more")
     finally:
         limited.stop()
 
